@@ -1,0 +1,8 @@
+"""Entry point for ``python -m bench``."""
+
+import sys
+
+from bench.run import main
+
+if __name__ == "__main__":
+    sys.exit(main())

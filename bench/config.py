@@ -1,0 +1,52 @@
+"""Run options and the list of ptserve configurations under test."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+DEFAULT_OUT_DIR = BENCH_DIR / "results"
+
+
+@dataclass(frozen=True)
+class PtserveConfig:
+    """One way of starting ptserve: a name for the results and extra CLI arguments."""
+
+    name: str
+    args: tuple[str, ...]
+    default: bool = True
+
+
+# The one place to change which ptserve configurations are measured.
+PTSERVE_CONFIGS: tuple[PtserveConfig, ...] = (
+    PtserveConfig("ptserve", ()),
+    PtserveConfig("ptserve-b32", ("--max-batch-size", "32", "--max-batch-delay-ms", "2")),
+    PtserveConfig("ptserve-w2", ("--workers", "2"), default=False),
+)
+
+# The configuration the target ratios are computed for (overridable with --primary).
+PRIMARY_PTSERVE = "ptserve"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything one run needs to know; built by ``bench.cli``."""
+
+    models: tuple[str, ...]
+    servers: tuple[str, ...]
+    concurrencies: tuple[int, ...]
+    duration_s: int
+    warmup_s: int
+    start_timeout_s: float
+    stop_timeout_s: float
+    wrk_threads: int
+    wrk_timeout_s: int
+    in_process: bool
+    in_process_round_s: float
+    in_process_rounds: int
+    in_process_batch_sizes: tuple[int, ...]
+    in_process_threads: tuple[int, ...]
+    primary: str
+    out_dir: Path
+    workdir: Path | None
+    quick: bool

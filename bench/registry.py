@@ -1,0 +1,143 @@
+"""The servers the harness knows: how to start each one and what it stands for."""
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.config import PTSERVE_CONFIGS, PtserveConfig
+from bench.models import ModelArtifact
+
+CommandBuilder = Callable[[ModelArtifact, int], list[str]]
+ServerKind = Literal["model", "ceiling"]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A server under test: ``command(model, port)`` starts it on 127.0.0.1:port."""
+
+    name: str
+    kind: ServerKind
+    description: str
+    command: CommandBuilder
+    requires: tuple[str, ...] = ()
+    predict_path: str = "/predict"
+    default: bool = True
+
+
+def _module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def _textbook(workers: int) -> CommandBuilder:
+    def build(model: ModelArtifact, port: int) -> list[str]:
+        return _module(
+            "bench.servers.textbook",
+            str(model.path),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        )
+
+    return build
+
+
+def _bare(module: str) -> CommandBuilder:
+    def build(model: ModelArtifact, port: int) -> list[str]:
+        return _module(module, "--port", str(port))
+
+    return build
+
+
+def _litserve(model: ModelArtifact, port: int) -> list[str]:
+    return _module(
+        "bench.servers.litserve_server",
+        str(model.path),
+        "--port",
+        str(port),
+        "--max-batch-size",
+        "16",
+        "--batch-timeout",
+        "0.005",
+    )
+
+
+def _ptserve(config: PtserveConfig) -> CommandBuilder:
+    def build(model: ModelArtifact, port: int) -> list[str]:
+        return _module(
+            "ptserve",
+            "serve",
+            str(model.path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--name",
+            "bench",
+            "--input-shape",
+            *(str(d) for d in model.input_shape),
+            "--input-dtype",
+            "float32",
+            *config.args,
+        )
+
+    return build
+
+
+def all_servers() -> tuple[ServerSpec, ...]:
+    """Every known server, in the order they are run and plotted."""
+    fixed = (
+        ServerSpec(
+            "bare-starlette",
+            "ceiling",
+            "Starlette route, constant body",
+            _bare("bench.servers.bare_starlette"),
+        ),
+        ServerSpec(
+            "bare-fastapi",
+            "ceiling",
+            "FastAPI route, constant dict",
+            _bare("bench.servers.bare_fastapi"),
+        ),
+        ServerSpec(
+            "textbook", "model", "tutorial FastAPI + Pydantic server, 1 worker", _textbook(1)
+        ),
+        ServerSpec(
+            "textbook-w2",
+            "model",
+            "tutorial server, 2 uvicorn workers",
+            _textbook(2),
+            default=False,
+        ),
+        ServerSpec(
+            "litserve",
+            "model",
+            "LitServe, batch<=16, 5 ms timeout, 1 CPU worker",
+            _litserve,
+            requires=("litserve",),
+        ),
+    )
+    ptserve = tuple(
+        ServerSpec(
+            c.name,
+            "model",
+            f"ptserve {' '.join(c.args) or '(defaults)'}",
+            _ptserve(c),
+            requires=("ptserve",),
+            default=c.default,
+        )
+        for c in PTSERVE_CONFIGS
+    )
+    return fixed + ptserve
+
+
+def select_servers(names: tuple[str, ...] | None) -> tuple[ServerSpec, ...]:
+    """The named servers (all defaults when ``names`` is None), in registry order."""
+    known = all_servers()
+    if names is None:
+        return tuple(s for s in known if s.default)
+    unknown = set(names) - {s.name for s in known}
+    if unknown:
+        raise ValueError(f"unknown server(s): {', '.join(sorted(unknown))}")
+    return tuple(s for s in known if s.name in names)

@@ -1,0 +1,125 @@
+"""Plain-text tables of a run for the terminal."""
+
+from collections.abc import Sequence
+
+from bench.inprocess import InProcessResult
+from bench.ratios import RatioResult
+from bench.runner import ServerRun
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = [
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in (header, *rows)
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def load_table(runs: Sequence[ServerRun]) -> str:
+    """One row per (model, server, concurrency): throughput, latency, errors, CPU, memory."""
+    header = (
+        "model",
+        "server",
+        "c",
+        "req/s",
+        "samples/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU cores",
+        "CPU us/req",
+        "PSS MiB",
+    )
+    rows = []
+    for run in runs:
+        if run.status != "ok":
+            rows.append((run.model, run.server, "-", run.status, "", "", "", "", "", "", ""))
+            continue
+        for p in run.points:
+            errors = p.load.non_2xx + p.load.socket_errors + p.load.timeouts
+            rows.append(
+                (
+                    run.model,
+                    run.server,
+                    str(p.load.concurrency),
+                    _num(p.load.req_per_s, 0),
+                    _num(p.samples_per_s, 0),
+                    _num(p.load.p50_ms, 2),
+                    _num(p.load.p99_ms, 2),
+                    str(errors),
+                    _num(p.server_cpu_cores, 2),
+                    _num(p.server_cpu_us_per_request, 0),
+                    _num(p.memory.pss_mib, 0),
+                )
+            )
+        for concurrency, error in run.point_errors.items():
+            rows.append(
+                (
+                    run.model,
+                    run.server,
+                    str(concurrency),
+                    "error",
+                    error[:40],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
+    return _table(header, rows)
+
+
+def start_table(runs: Sequence[ServerRun]) -> str:
+    """Cold start, idle memory and status per (model, server)."""
+    header = ("model", "server", "status", "cold start s", "idle PSS MiB", "procs", "reason")
+    rows = [
+        (
+            r.model,
+            r.server,
+            r.status,
+            _num(r.cold_start_s, 2),
+            _num(r.memory_idle.pss_mib if r.memory_idle else None, 0),
+            str(r.memory_idle.processes) if r.memory_idle else "-",
+            (r.reason or "").splitlines()[0][:70] if r.reason else "",
+        )
+        for r in runs
+    ]
+    return _table(header, rows)
+
+
+def in_process_table(results: Sequence[InProcessResult]) -> str:
+    """Samples/s of the model alone per batch size and thread count."""
+    header = ("model", "batch", "threads", "samples/s", "ms/batch")
+    rows = [
+        (
+            r.model,
+            str(p.batch_size),
+            str(p.threads),
+            _num(p.samples_per_s, 0),
+            _num(p.ms_per_batch, 3),
+        )
+        for r in results
+        for p in r.points
+    ]
+    return _table(header, rows)
+
+
+def ratio_table(ratios: Sequence[RatioResult]) -> str:
+    """Each target ratio with its value and verdict."""
+    header = ("ratio", "value", "target", "met", "note")
+    verdict = {True: "yes", False: "NO", None: "n/a"}
+    rows = [
+        (r.name, _num(r.value, 2), r.target, verdict[r.met], (r.note or "")[:60]) for r in ratios
+    ]
+    return _table(header, rows)

@@ -1,0 +1,171 @@
+"""Benchmark one server on one model: start, cold start, load points, memory, stop."""
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bench.config import Options
+from bench.loadgen import LoadError, LoadResult, run_wrk
+from bench.models import ModelArtifact
+from bench.procs import (
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    log_tail,
+    start_server,
+    stop_server,
+    wait_until_serving,
+)
+from bench.procstats import GroupMemory, group_cpu_seconds, group_memory
+from bench.registry import ServerSpec
+
+logger = logging.getLogger(__name__)
+
+RunStatus = Literal["ok", "failed", "unavailable"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One concurrency level: wrk's numbers plus the server's CPU and memory."""
+
+    load: LoadResult
+    samples_per_s: float
+    server_cpu_s: float
+    server_cpu_cores: float
+    server_cpu_us_per_request: float | None
+    memory: GroupMemory
+
+
+@dataclass
+class ServerRun:
+    """Everything measured for one (model, server) pair, or why it could not be."""
+
+    model: str
+    server: str
+    kind: str
+    description: str
+    status: RunStatus
+    command: list[str]
+    reason: str | None = None
+    cold_start_s: float | None = None
+    response_ok: bool | None = None
+    memory_idle: GroupMemory | None = None
+    points: list[Point] = field(default_factory=list)
+    point_errors: dict[int, str] = field(default_factory=dict)
+    stopped_gracefully: bool | None = None
+
+
+def _check_response(spec: ServerSpec, payload: bytes) -> bool | None:
+    """For model servers: one prediction came back. Ceilings answer a constant."""
+    if spec.kind != "model":
+        return None
+    try:
+        predictions = json.loads(payload)["predictions"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(predictions, list) and len(predictions) == 1
+
+
+def _missing_module(spec: ServerSpec) -> str | None:
+    for module in spec.requires:
+        if importlib.util.find_spec(module) is None:
+            return f"Python package '{module}' is not importable"
+    return None
+
+
+def _measure_point(
+    server: ServerProcess,
+    spec: ServerSpec,
+    model: ModelArtifact,
+    lua: Path,
+    concurrency: int,
+    options: Options,
+) -> Point:
+    url = f"http://127.0.0.1:{server.port}{spec.predict_path}"
+    if options.warmup_s > 0:
+        run_wrk(
+            url,
+            lua,
+            model.body_path,
+            concurrency,
+            options.warmup_s,
+            options.wrk_threads,
+            options.wrk_timeout_s,
+        )
+    cpu_before = group_cpu_seconds(server.pgid)
+    load = run_wrk(
+        url,
+        lua,
+        model.body_path,
+        concurrency,
+        options.duration_s,
+        options.wrk_threads,
+        options.wrk_timeout_s,
+    )
+    cpu_s = round(group_cpu_seconds(server.pgid) - cpu_before, 2)
+    return Point(
+        load=load,
+        samples_per_s=load.req_per_s,  # one sample per request
+        server_cpu_s=cpu_s,
+        server_cpu_cores=round(cpu_s / load.duration_s, 2) if load.duration_s else 0.0,
+        server_cpu_us_per_request=round(cpu_s / load.requests * 1e6, 1) if load.requests else None,
+        memory=group_memory(server.pgid),
+    )
+
+
+def run_server(
+    spec: ServerSpec, model: ModelArtifact, lua: Path, logs: Path, options: Options
+) -> ServerRun:
+    """Benchmark ``spec`` on ``model``; failures are recorded in the result, never raised."""
+    port = free_port()
+    command = spec.command(model, port)
+    run = ServerRun(
+        model=model.name,
+        server=spec.name,
+        kind=spec.kind,
+        description=spec.description,
+        status="ok",
+        command=command,
+    )
+    missing = _missing_module(spec)
+    if missing is not None:
+        run.status, run.reason = "unavailable", missing
+        logger.warning("%s/%s unavailable: %s", model.name, spec.name, missing)
+        return run
+    body = model.body_path.read_bytes()
+    server = start_server(command, port, logs / f"{model.name}-{spec.name}.log")
+    try:
+        run.cold_start_s, payload = wait_until_serving(
+            server, spec.predict_path, body, options.start_timeout_s
+        )
+        run.cold_start_s = round(run.cold_start_s, 3)
+        run.response_ok = _check_response(spec, payload)
+        run.memory_idle = group_memory(server.pgid)
+        logger.info("%s/%s ready in %.2f s", model.name, spec.name, run.cold_start_s)
+        for concurrency in options.concurrencies:
+            if server.popen.poll() is not None:
+                run.point_errors[concurrency] = f"server exited: {log_tail(server.log_path)}"
+                continue
+            try:
+                point = _measure_point(server, spec, model, lua, concurrency, options)
+            except LoadError as exc:
+                run.point_errors[concurrency] = str(exc)
+                continue
+            run.points.append(point)
+            logger.info(
+                "%s/%s c=%d: %.0f req/s, p99 %.2f ms",
+                model.name,
+                spec.name,
+                concurrency,
+                point.load.req_per_s,
+                point.load.p99_ms,
+            )
+    except ServerStartError as exc:
+        run.status, run.reason = "failed", str(exc)
+        logger.warning("%s/%s failed to start: %s", model.name, spec.name, exc)
+    finally:
+        run.stopped_gracefully = stop_server(server, options.stop_timeout_s)
+    return run

@@ -1,0 +1,1 @@
+"""Baseline servers the harness compares ptserve with; each runs as its own process."""

@@ -1,0 +1,18 @@
+"""The seed's entry point: ``uvicorn main:app`` or ``python main.py`` serves ./model.pt.
+
+Host and port come from PTSERVE_HOST / PTSERVE_PORT (default 127.0.0.1:8000); every other
+setting from its PTSERVE_* variable too.
+"""
+
+from pathlib import Path
+
+import uvicorn
+
+from ptserve.app import create_app
+from ptserve.settings import Settings
+
+settings = Settings(model_path=Path(__file__).with_name("model.pt"))
+app = create_app(settings)
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

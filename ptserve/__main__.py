@@ -1,0 +1,3 @@
+from ptserve.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The ServeError hierarchy: every failure a client or operator can see has a status and a code.
+
+Routes raise these; one handler (``ptserve.app``) renders them as
+``{"error": message, "code": code, "detail": [...]}``.
+"""
+
+from typing import Any, ClassVar
+
+
+class ServeError(Exception):
+    """Base of every error ptserve reports to a client."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, detail: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the error response."""
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.detail:
+            body["detail"] = self.detail
+        return body
+
+
+class InvalidJSON(ServeError):
+    status_code = 400
+    code = "invalid_json"
+
+
+class EmptyBody(ServeError):
+    status_code = 400
+    code = "empty_body"
+
+
+class InvalidInput(ServeError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class UnsupportedMediaType(ServeError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ModelNotFound(ServeError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class NotReady(ServeError):
+    status_code = 503
+    code = "not_ready"
+
+
+class ModelFailure(ServeError):
+    """The model raised while computing a prediction; details go to the log only."""
+
+    status_code = 500
+    code = "model_error"
+
+
+class ModelLoadError(Exception):
+    """A model file cannot be served; the message is one line naming the file and the cause."""

@@ -1,0 +1,148 @@
+"""Load a model file once: detect its format, check it is safe, resolve its input signature."""
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptserve.errors import ModelLoadError
+from ptserve.loading.detect import detect_format
+from ptserve.loading.formats import LOADERS
+from ptserve.settings import ModelFormat, Settings
+from ptserve.signature import DTYPE_NAMES, Signature, TensorSpec, read_example
+
+log = logging.getLogger("ptserve")
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What can be said of a model file without running it."""
+
+    path: Path
+    format: ModelFormat
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to call, with its input signature (outputs are probed later)."""
+
+    model: Callable[..., Any]
+    facts: FileFacts
+    signature: Signature
+    parameters: int
+
+
+def inspect_file(path: Path, forced: ModelFormat | None = None) -> FileFacts:
+    """Format, size and sha256 of ``path``; raises ModelLoadError for a missing or unknown file."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    fmt = forced or detect_format(path)
+    return FileFacts(path, fmt, path.stat().st_size, digest.hexdigest())
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Load ``settings.model_path`` onto ``settings.device``, in eval mode."""
+    facts = inspect_file(settings.model_path, settings.format)
+    device = _device(settings.device)
+    try:
+        model, carried = LOADERS[facts.format](facts.path, settings)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelLoadError(f"{facts.path}: cannot load as {facts.format}: {cause}") from None
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device)
+        if facts.format != "export":  # exported graphs are captured in eval mode already
+            model.eval()
+    signature = resolve_signature(settings, model, carried)
+    log.info("loaded %s (%s) on %s; inputs from %s", facts.path, facts.format, device, signature.source)
+    return LoadedModel(model, facts, signature, _parameter_count(model))
+
+
+def resolve_signature(
+    settings: Settings, model: Callable[..., Any], carried: Signature | None
+) -> Signature:
+    """The input signature: settings, else the artefact's own, else an example file, else the
+    first layer's width for a model that starts with ``nn.Linear``."""
+    names = settings.input_names
+    if settings.input_shape is not None:
+        dtype = settings.input_dtype or _float_dtype(model)
+        spec = TensorSpec((names or ["input"])[0], dtype, tuple(settings.input_shape))
+        return Signature((spec,), source="settings")
+    if carried is not None:
+        return _renamed(carried, names)
+    example = settings.example_input or _beside(settings.model_path, ".example.npy", ".example.npz")
+    if example is not None:
+        try:
+            return _renamed(read_example(example, names), names)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{example}: unreadable example input ({exc})") from None
+    first = next((m for m in _leaves(model) if not isinstance(m, torch.nn.Identity)), None)
+    if isinstance(first, torch.nn.Linear):
+        dtype = settings.input_dtype or DTYPE_NAMES[first.weight.dtype]
+        spec = TensorSpec((names or ["input"])[0], dtype, (first.in_features,))
+        return Signature((spec,), source="first nn.Linear layer")
+    raise ModelLoadError(
+        f"{settings.model_path}: the input shape is unknown; give it with --input-shape "
+        "(e.g. --input-shape 3 224 224) or save an example batch beside the model as "
+        f"{settings.model_path.stem}.example.npy"
+    )
+
+
+def _renamed(signature: Signature, names: list[str] | None) -> Signature:
+    if not names:
+        return signature
+    if len(names) != len(signature.inputs):
+        raise ModelLoadError(
+            f"{len(names)} input names given for {len(signature.inputs)} inputs"
+        )
+    specs = tuple(TensorSpec(n, s.dtype, s.shape) for n, s in zip(names, signature.inputs, strict=True))
+    return Signature(specs, source=signature.source, example=signature.example)
+
+
+def _beside(path: Path, *suffixes: str) -> Path | None:
+    real = path.resolve()
+    return next((c for s in suffixes if (c := real.with_name(real.stem + s)).is_file()), None)
+
+
+def _leaves(model: object) -> list[torch.nn.Module]:
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return []
+    return [m for m in model.modules() if not list(m.children())]
+
+
+def _float_dtype(model: object) -> str:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return DTYPE_NAMES[p.dtype]
+    return "float32"
+
+
+def _parameter_count(model: object) -> int:
+    if isinstance(model, torch.nn.Module):
+        return sum(p.numel() for p in model.parameters())
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {name!r}: MPS is not available on this machine")
+    return device

@@ -1,0 +1,86 @@
+"""From raw model outputs to predictions: per-sample outputs, or labels with softmax scores."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptserve.errors import InvalidInput, ModelLoadError
+from ptserve.signature import Signature
+
+
+def read_labels(path: Path) -> list[str]:
+    """Labels from a text file (one per line) or a JSON list / ``{"0": "cat", ...}`` object."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read labels ({exc.strerror})") from None
+    if path.suffix != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: labels are not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        data = [data[k] for k in sorted(data, key=int)]
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise ModelLoadError(f"{path}: expected a JSON list of label strings")
+    return data
+
+
+def find_labels(model_path: Path, given: Path | None) -> Path | None:
+    """The labels file: the one given, else labels.txt or labels.json beside the model."""
+    if given is not None:
+        return given
+    folder = model_path.resolve().parent
+    return next((p for n in ("labels.txt", "labels.json") if (p := folder / n).is_file()), None)
+
+
+class Postprocessor:
+    """Splits batched outputs into per-sample predictions."""
+
+    def __init__(self, signature: Signature, labels: list[str] | None, top_k: int | None) -> None:
+        self.names = [spec.name for spec in signature.outputs]
+        self.labels = labels
+        self.top_k = top_k
+        if labels is not None:
+            shapes = [spec.shape for spec in signature.outputs]
+            if shapes != [(len(labels),)]:
+                raise ModelLoadError(
+                    f"{len(labels)} labels given, but the model's output per sample has shape "
+                    f"{', '.join(str(list(s)) for s in shapes)}; labels need one output of "
+                    f"shape [{len(labels)}]"
+                )
+
+    def check(self, top_k: int | None) -> None:
+        """Refuse a request option this model cannot honour, before the model runs."""
+        if top_k is not None and self.labels is None:
+            raise InvalidInput("top_k: this model has no class labels")
+
+    def __call__(self, outputs: list[np.ndarray[Any, Any]], top_k: int | None) -> list[Any]:
+        if self.labels is not None:
+            return self._labelled(outputs[0], top_k or self.top_k)
+        if len(outputs) == 1:
+            return list(outputs[0])
+        return [dict(zip(self.names, row, strict=True)) for row in zip(*outputs, strict=True)]
+
+    def _labelled(self, logits: np.ndarray[Any, Any], top_k: int | None) -> list[Any]:
+        assert self.labels is not None
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = shifted / shifted.sum(axis=-1, keepdims=True)
+        best = probs.argmax(axis=-1)
+        predictions: list[Any] = []
+        for i, row in enumerate(probs):
+            prediction: dict[str, Any] = {
+                "label": self.labels[best[i]],
+                "score": row[best[i]],
+                "output": logits[i],
+            }
+            if top_k:
+                order = np.argsort(-row, kind="stable")[:top_k]
+                prediction["top_k"] = [
+                    {"label": self.labels[j], "score": row[j]} for j in order
+                ]
+            predictions.append(prediction)
+        return predictions

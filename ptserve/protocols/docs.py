@@ -1,0 +1,129 @@
+"""OpenAPI with the model's real request schema, and Swagger UI served offline from a package."""
+
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+from ptserve.validation import example_body
+
+if TYPE_CHECKING:
+    from ptserve.app import Runtime
+    from ptserve.service import InferenceService
+
+ASSETS = "/docs/assets"
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error: str = Field(description="What went wrong, for a person.")
+    code: str = Field(description="A stable machine-readable code.")
+    detail: list[dict[str, Any]] | None = Field(None, description="One entry per problem.")
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class LabelledPrediction(BaseModel):
+    """A classifier's prediction for one instance."""
+
+    label: str = Field(description="The most likely class.")
+    score: float = Field(description="Its softmax probability.")
+    output: list[Any] = Field(description="The model's raw output for this instance.")
+    top_k: list[LabelScore] | None = Field(None, description="The k best classes, when asked.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Any] = Field(description="One prediction per instance, in order.")
+    model: str
+
+
+class LabelledPredictResponse(BaseModel):
+    predictions: list[LabelledPrediction] = Field(description="One per instance, in order.")
+    model: str
+
+
+def install(app: FastAPI, runtime: "Runtime") -> None:
+    """Add ``/docs`` (offline Swagger UI) and make ``/openapi.json`` describe the model."""
+    app.mount(ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), "assets")
+
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="ptserve - Swagger UI",
+            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS}/favicon.png",
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        if runtime.service is not None:
+            _describe_predict(schema, runtime.service)
+            app.openapi_schema = schema
+        return schema
+
+    app.add_api_route("/docs", swagger, methods=["GET"], include_in_schema=False)
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _describe_predict(schema: dict[str, Any], service: "InferenceService") -> None:
+    response = LabelledPredictResponse if service.labels else PredictResponse
+    refs, defs = models_json_schema(
+        [(service.decoder.model, "validation"), (response, "serialization"), (ErrorBody, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+    request_ref = refs[(service.decoder.model, "validation")]
+    response_ref = refs[(response, "serialization")]
+    error = {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
+    example = example_body(service.signature)
+
+    def operation(operation_id: str, summary: str) -> dict[str, Any]:
+        return {
+            "tags": ["inference"],
+            "summary": summary,
+            "operationId": operation_id,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request_ref, "example": example}},
+            },
+            "responses": {
+                "200": {
+                    "description": "One prediction per instance",
+                    "content": {"application/json": {"schema": response_ref}},
+                },
+                "400": {"description": "Malformed or empty body", **error},
+                "415": {"description": "Not JSON", **error},
+                "422": {"description": "Instances do not fit the model's signature", **error},
+                "500": {"description": "The model failed", **error},
+                "503": {"description": "Not ready", **error},
+            },
+        }
+
+    v1 = operation("v1_predict", "Predict (KServe V1)")
+    v1["parameters"] = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": [service.name]},
+            "example": service.name,
+        }
+    ]
+    v1["responses"]["404"] = {"description": "Unknown model", **error}
+    schema["paths"]["/predict"] = {"post": operation("predict", "Predict")}
+    schema["paths"]["/v1/models/{name}:predict"] = {"post": v1}

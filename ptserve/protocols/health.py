@@ -1,0 +1,36 @@
+"""Health and model metadata: /health/live, /health/ready, /models, /models/{name}."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "alive"}
+
+
+@router.get("/health/ready", responses={503: {"description": "Loading or draining"}})
+async def ready(request: Request) -> dict[str, str]:
+    """The model is loaded and warmed up; 503 otherwise."""
+    request.app.state.runtime.serving()
+    return {"status": "ready"}
+
+
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    """Every model this server serves, with its metadata."""
+    runtime = request.app.state.runtime
+    service = runtime.serving()
+    return {"models": [{**service.describe(), "loads": runtime.loads}]}
+
+
+@router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
+async def model(name: str, request: Request) -> dict[str, Any]:
+    """One model's format, signature, labels, sha256, and how many times it was loaded."""
+    runtime = request.app.state.runtime
+    service = runtime.serving(name)
+    return {**service.describe(), "loads": runtime.loads}

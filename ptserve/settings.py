@@ -1,0 +1,122 @@
+"""One validated settings tree. Precedence: CLI > env ``PTSERVE_*`` > config file > defaults."""
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PositiveInt, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from ptserve.signature import DType
+
+EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
+ModelFormat = Literal["pickle", "state_dict", "safetensors", "torchscript", "export"]
+
+
+class Settings(BaseSettings):
+    """Everything ptserve can be told; each field is also a CLI option and a config-file key."""
+
+    model_config = SettingsConfigDict(env_prefix="PTSERVE_", extra="forbid", frozen=True)
+
+    model_path: Path = Field(EXAMPLE_MODEL, description="The model file to serve.")
+    config: Path | None = Field(None, description="A TOML or YAML file of settings.")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in URLs (default: file stem)."
+    )
+    format: ModelFormat | None = Field(
+        None, description="Force the model format instead of detecting it from the content."
+    )
+    device: str = Field("cpu", description="Torch device to run on: cpu, cuda, cuda:1, mps.")
+    model_class: str | None = Field(
+        None, description="module:Class that a state_dict or safetensors file is loaded into."
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the model class constructor."
+    )
+    input_shape: list[int] | None = Field(
+        None, description="Per-sample input shape, -1 for a variable dim (e.g. 3 64 64)."
+    )
+    input_dtype: DType | None = Field(None, description="Input dtype (default float32).")
+    input_names: list[str] | None = Field(None, description="Names of the model's inputs.")
+    output_names: list[str] | None = Field(None, description="Names of the model's outputs.")
+    example_input: Path | None = Field(
+        None,
+        description="An example batch (.npy, or .npz for several inputs) giving the signature; "
+        "default: <model stem>.example.npy or .npz beside the model.",
+    )
+    labels: Path | None = Field(
+        None,
+        description="Class labels (.txt one per line, or a JSON list); "
+        "default: labels.txt or labels.json beside the model.",
+    )
+    top_k: PositiveInt | None = Field(
+        None, description="Return the k best labels with each prediction by default."
+    )
+    allow_nan: bool = Field(False, description="Accept NaN and Infinity in inputs.")
+    max_instances: PositiveInt = Field(1024, description="Most instances in one request.")
+    trust_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules whose classes a pickled model may use (repeatable).",
+    )
+    unsafe_pickle: bool = Field(
+        False, description="Load pickles with no allowlist. Only for files you fully trust."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    workers: PositiveInt = Field(1, description="Server processes sharing the port.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level."
+    )
+
+    @field_validator("input_shape")
+    @classmethod
+    def _check_shape(cls, shape: list[int] | None) -> list[int] | None:
+        if shape is not None and any(d == 0 or d < -1 for d in shape):
+            raise ValueError("dims must be positive, or -1 for a variable dim")
+        return shape
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.model_path.stem
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(init_settings, InitSettingsSource)
+        return init_settings, env_settings, ConfigFileSource(settings_cls, init_settings)
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Settings from the file named by the ``config`` setting (given on the CLI or in env)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: InitSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.path = init.init_kwargs.get("config") or os.environ.get("PTSERVE_CONFIG")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path:
+            return {}
+        path = Path(self.path)
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path}: expected a table of settings")
+        return data
+

@@ -1,0 +1,210 @@
+"""Pydantic request models built from a model's signature, and errors a person can read.
+
+The request model is both the validator (the raw body goes through ``model_validate_json`` once,
+in pydantic-core) and the OpenAPI schema, so the documented shape is the enforced shape.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from annotated_types import Ge, Le, Len
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    Strict,
+    ValidationError,
+    create_model,
+)
+
+from ptserve.errors import InvalidInput, InvalidJSON, ServeError
+from ptserve.signature import Signature, TensorSpec, numpy_dtype
+
+MAX_DETAIL = 20
+FLOATS = {"float32", "float64", "float16", "bfloat16"}
+
+
+def scalar_type(dtype: str, allow_nan: bool) -> Any:
+    """The Pydantic type of one value of ``dtype``: strict (no "1" for 1), range-checked."""
+    if dtype in FLOATS:
+        return Annotated[float, Strict(), AllowInfNan(allow_nan)]
+    if dtype == "bool":
+        return Annotated[bool, Strict()]
+    info = np.iinfo(dtype)
+    return Annotated[int, Strict(), Ge(int(info.min)), Le(int(info.max))]
+
+
+def sample_type(spec: TensorSpec, allow_nan: bool) -> Any:
+    """Nested lists shaped like one sample of ``spec``."""
+    kind = scalar_type(spec.dtype, allow_nan)
+    for dim in reversed(spec.shape):
+        kind = Annotated[list[kind], Len(dim, dim)] if dim >= 0 else list[kind]
+    return kind
+
+
+def request_model(signature: Signature, max_instances: int, allow_nan: bool) -> type[BaseModel]:
+    """The ``{"instances": [...], "top_k": k}`` model for ``signature``."""
+    if len(signature.inputs) == 1:
+        sample: Any = sample_type(signature.inputs[0], allow_nan)
+    else:
+        fields: Any = {s.name: (sample_type(s, allow_nan), ...) for s in signature.inputs}
+        sample = create_model("Sample", __config__=ConfigDict(extra="forbid"), **fields)
+    example = example_body(signature)
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}),
+        instances=(
+            Annotated[list[sample], Len(1, max_instances)],  # type: ignore[valid-type]
+            Field(description=_describe_instances(signature, max_instances)),
+        ),
+        top_k=(PositiveInt | None, Field(None, description="Return the k best labels.")),
+    )
+
+
+def example_body(signature: Signature) -> dict[str, Any]:
+    """A valid request body: one sample (the saved example when there is one)."""
+    arrays = signature.example_sample()
+    if len(arrays) == 1:
+        return {"instances": [arrays[0].tolist()]}
+    return {"instances": [{s.name: a.tolist() for s, a in zip(signature.inputs, arrays, strict=True)}]}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A validated request: one batched array per model input."""
+
+    arrays: list[np.ndarray[Any, Any]]
+    top_k: int | None
+
+    @property
+    def size(self) -> int:
+        return len(self.arrays[0])
+
+
+class RequestDecoder:
+    """Turns a raw JSON body into batched arrays, or a clear ServeError."""
+
+    def __init__(self, signature: Signature, max_instances: int, allow_nan: bool) -> None:
+        self.signature = signature
+        self.max_instances = max_instances
+        self.model = request_model(signature, max_instances, allow_nan)
+
+    def decode(self, body: bytes) -> Decoded:
+        try:
+            request = self.model.model_validate_json(body)
+        except ValidationError as exc:
+            raise self.translate(exc) from None
+        instances: list[Any] = request.instances  # type: ignore[attr-defined]
+        top_k: int | None = request.top_k  # type: ignore[attr-defined]
+        if len(self.signature.inputs) == 1:
+            columns = [instances]
+        else:
+            columns = [[getattr(i, s.name) for i in instances] for s in self.signature.inputs]
+        arrays = [_stack(col, spec) for col, spec in zip(columns, self.signature.inputs, strict=True)]
+        return Decoded(arrays, top_k)
+
+    def translate(self, exc: ValidationError) -> ServeError:
+        errors = exc.errors(include_url=False)
+        for error in errors:
+            if error["type"] == "json_invalid":
+                return InvalidJSON(f"malformed JSON: {error['ctx']['error']}")
+        detail = [
+            {"loc": _loc(e["loc"]), "msg": self._message(e), "type": e["type"]}
+            for e in errors[:MAX_DETAIL]
+        ]
+        message = f"{detail[0]['loc']}: {detail[0]['msg']}"
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return InvalidInput(message, detail)
+
+    def _message(self, error: Any) -> str:
+        kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+        if error["loc"] == ("instances",):
+            if kind == "too_short":
+                return "at least one instance is required"
+            if kind == "too_long":
+                return f"at most {self.max_instances} instances per request, got {len(value)}"
+        if kind in ("too_short", "too_long"):
+            return f"expected {ctx.get('min_length', ctx.get('max_length'))} values, got {ctx['actual_length']}"
+        if kind == "list_type":
+            return f"expected a list, got {_describe(value)}"
+        if kind in ("float_type", "float_parsing"):
+            return f"expected a number, got {_describe(value)}"
+        if kind in ("int_type", "int_parsing", "int_from_float"):
+            return f"expected an integer, got {_describe(value)}"
+        if kind in ("bool_type", "bool_parsing"):
+            return f"expected true or false, got {_describe(value)}"
+        if kind == "finite_number":
+            return "NaN and Infinity are not allowed (see the allow_nan setting)"
+        if kind in ("greater_than_equal", "less_than_equal"):
+            return f"{value} is out of range for {self._dtype(error['loc'])}"
+        if kind == "missing":
+            return "required field is missing"
+        if kind == "extra_forbidden":
+            return "unknown field"
+        if kind in ("model_type", "model_attributes_type", "dict_type"):
+            what = "a sample" if error["loc"] else "the body"
+            return f"{what} must be a JSON object, got {_describe(value)}"
+        return str(error["msg"])
+
+    def _dtype(self, loc: tuple[Any, ...]) -> str:
+        names = {s.name: s.dtype for s in self.signature.inputs}
+        named = [part for part in loc if isinstance(part, str) and part in names]
+        return names[named[0]] if named else self.signature.inputs[0].dtype
+
+
+def _stack(samples: list[Any], spec: TensorSpec) -> np.ndarray[Any, Any]:
+    try:
+        array = np.asarray(samples, dtype=numpy_dtype(spec.dtype))
+    except ValueError:
+        array = None
+    if array is None or not spec.matches(array.shape[1:]):
+        raise InvalidInput(_ragged(samples, spec))
+    return array
+
+
+def _ragged(samples: list[Any], spec: TensorSpec) -> str:
+    first = np.shape(samples[0]) if _rectangular(samples[0]) else None
+    for i, sample in enumerate(samples):
+        if not _rectangular(sample):
+            return f"instances[{i}]: nested lists of unequal length; '{spec.name}' has shape {list(spec.shape)}"
+        if np.shape(sample) != first:
+            return (
+                f"instances[{i}]: shape {list(np.shape(sample))} differs from instances[0] "
+                f"shape {list(first or ())}; samples in one request must agree on variable dims"
+            )
+    return f"instances: do not fit '{spec.name}' with shape {list(spec.shape)}"
+
+
+def _rectangular(sample: Any) -> bool:
+    try:
+        np.asarray(sample)
+    except ValueError:
+        return False
+    return True
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return text or "body"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe_instances(signature: Signature, max_instances: int) -> str:
+    shapes = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in signature.inputs)
+    return f"1 to {max_instances} samples, each {shapes} (-1: any length)"
