@@ -38,7 +38,9 @@ class Runtime:
         if self.service is None or not self.ready:
             raise NotReady("the model is not ready; try again shortly")
         if name is not None and name != self.service.name:
-            raise ModelNotFound(f"no model named {name!r}; this server serves {self.service.name!r}")
+            raise ModelNotFound(
+                f"no model named {name!r}; this server serves {self.service.name!r}"
+            )
         return self.service
 
 
@@ -141,4 +143,3 @@ class LoadErrorMessages:
             await send(message)
 
         await self.app(scope, receive, send_short)
-

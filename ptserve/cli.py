@@ -10,6 +10,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from ptserve.app import WORKER_SETTINGS_ENV, create_app
 from ptserve.errors import ModelLoadError
@@ -45,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM."""
+    """Run the server in the foreground until SIGINT/SIGTERM; exit 3 if the model cannot load."""
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -54,10 +56,15 @@ def serve(settings: Settings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
+    # Each worker is a fresh (spawned) process that rebuilds these settings and loads the model.
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
-    uvicorn.run(
+    config = uvicorn.Config(
         "ptserve.app:app_from_environment", factory=True, workers=settings.workers, **common
     )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     info_cmd.add_argument("--json", action="store_true", help="print JSON")
     for name, command in (("serve", serve_cmd), ("info", info_cmd)):
         nargs = "?" if name == "serve" else None
-        command.add_argument("model_path", nargs=nargs, default=argparse.SUPPRESS,
-                             metavar="MODEL_PATH", help=Settings.model_fields["model_path"].description)
+        command.add_argument(
+            "model_path",
+            nargs=nargs,
+            default=argparse.SUPPRESS,
+            metavar="MODEL_PATH",
+            help=Settings.model_fields["model_path"].description,
+        )
         add_settings_options(command, skip={"model_path", *COMMANDS_WITHOUT.get(name, ())})
     return parser
 
@@ -95,14 +107,18 @@ def add_settings_options(parser: argparse.ArgumentParser, skip: set[str]) -> Non
             options["metavar"] = "JSON"
         elif get_origin(kind) is Literal:
             options["choices"] = get_args(kind)
-        parser.add_argument(FLAGS.get(name, "--" + name.replace("_", "-")), **options)
+        parser.add_argument(FLAGS.get(name, "--" + name.replace("_", "-")), dest=name, **options)
 
 
 def _unwrap(annotation: Any) -> Any:
     """``X | None`` -> X, and Annotated/constrained types to their origin."""
     if get_origin(annotation) in (Union, types.UnionType):
         annotation = next(a for a in get_args(annotation) if a is not type(None))
-    return getattr(annotation, "__origin__", annotation) if get_origin(annotation) is None else annotation
+    return (
+        getattr(annotation, "__origin__", annotation)
+        if get_origin(annotation) is None
+        else annotation
+    )
 
 
 def _settings_errors(exc: ValidationError) -> str:

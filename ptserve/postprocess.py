@@ -79,8 +79,6 @@ class Postprocessor:
             }
             if top_k:
                 order = np.argsort(-row, kind="stable")[:top_k]
-                prediction["top_k"] = [
-                    {"label": self.labels[j], "score": row[j]} for j in order
-                ]
+                prediction["top_k"] = [{"label": self.labels[j], "score": row[j]} for j in order]
             predictions.append(prediction)
         return predictions

@@ -47,7 +47,9 @@ class Runner:
         except Exception as exc:
             shapes = ", ".join(f"{s.name}{[2, *s.shape]} {s.dtype}" for s in signature.inputs)
             cause = " ".join(str(exc).split())[:300]
-            raise ModelLoadError(f"shape probe failed: the model rejected {shapes}: {cause}") from None
+            raise ModelLoadError(
+                f"shape probe failed: the model rejected {shapes}: {cause}"
+            ) from None
         names = output_names or self.output_names or _default_names(len(outputs))
         if len(names) != len(outputs):
             raise ModelLoadError(f"{len(names)} output names given for {len(outputs)} outputs")
@@ -92,4 +94,3 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
 
 def _default_names(count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-

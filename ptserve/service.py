@@ -75,7 +75,9 @@ class InferenceService:
             return await self.runner.run(arrays)
         except Exception:
             log.exception("model %r failed on a batch of %d", self.name, len(arrays[0]))
-            raise ModelFailure("the model failed on this input; the server log has details") from None
+            raise ModelFailure(
+                "the model failed on this input; the server log has details"
+            ) from None
 
     async def predict_json(self, body: bytes) -> bytes:
         """The simple protocol end to end: JSON body in, serialised JSON predictions out."""

@@ -119,4 +119,3 @@ class ConfigFileSource(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ValueError(f"config file {path}: expected a table of settings")
         return data
-

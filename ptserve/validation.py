@@ -39,9 +39,10 @@ def scalar_type(dtype: str, allow_nan: bool) -> Any:
 
 def sample_type(spec: TensorSpec, allow_nan: bool) -> Any:
     """Nested lists shaped like one sample of ``spec``."""
-    kind = scalar_type(spec.dtype, allow_nan)
+    kind: Any = scalar_type(spec.dtype, allow_nan)
     for dim in reversed(spec.shape):
-        kind = Annotated[list[kind], Len(dim, dim)] if dim >= 0 else list[kind]
+        nested: Any = list[kind]
+        kind = Annotated[nested, Len(dim, dim)] if dim >= 0 else nested
     return kind
 
 
@@ -57,7 +58,7 @@ def request_model(signature: Signature, max_instances: int, allow_nan: bool) -> 
         "PredictRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}),
         instances=(
-            Annotated[list[sample], Len(1, max_instances)],  # type: ignore[valid-type]
+            Annotated[list[sample], Len(1, max_instances)],
             Field(description=_describe_instances(signature, max_instances)),
         ),
         top_k=(PositiveInt | None, Field(None, description="Return the k best labels.")),
@@ -69,7 +70,9 @@ def example_body(signature: Signature) -> dict[str, Any]:
     arrays = signature.example_sample()
     if len(arrays) == 1:
         return {"instances": [arrays[0].tolist()]}
-    return {"instances": [{s.name: a.tolist() for s, a in zip(signature.inputs, arrays, strict=True)}]}
+    return {
+        "instances": [{s.name: a.tolist() for s, a in zip(signature.inputs, arrays, strict=True)}]
+    }
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ class RequestDecoder:
             columns = [instances]
         else:
             columns = [[getattr(i, s.name) for i in instances] for s in self.signature.inputs]
-        arrays = [_stack(col, spec) for col, spec in zip(columns, self.signature.inputs, strict=True)]
+        arrays = [
+            _stack(col, spec) for col, spec in zip(columns, self.signature.inputs, strict=True)
+        ]
         return Decoded(arrays, top_k)
 
     def translate(self, exc: ValidationError) -> ServeError:
@@ -128,7 +133,8 @@ class RequestDecoder:
             if kind == "too_long":
                 return f"at most {self.max_instances} instances per request, got {len(value)}"
         if kind in ("too_short", "too_long"):
-            return f"expected {ctx.get('min_length', ctx.get('max_length'))} values, got {ctx['actual_length']}"
+            expected = ctx.get("min_length", ctx.get("max_length"))
+            return f"expected {expected} values, got {ctx['actual_length']}"
         if kind == "list_type":
             return f"expected a list, got {_describe(value)}"
         if kind in ("float_type", "float_parsing"):
@@ -146,8 +152,8 @@ class RequestDecoder:
         if kind == "extra_forbidden":
             return "unknown field"
         if kind in ("model_type", "model_attributes_type", "dict_type"):
-            what = "a sample" if error["loc"] else "the body"
-            return f"{what} must be a JSON object, got {_describe(value)}"
+            like = "" if error["loc"] else ' like {"instances": [...]}'
+            return f"must be a JSON object{like}, got {_describe(value)}"
         return str(error["msg"])
 
     def _dtype(self, loc: tuple[Any, ...]) -> str:
@@ -170,7 +176,10 @@ def _ragged(samples: list[Any], spec: TensorSpec) -> str:
     first = np.shape(samples[0]) if _rectangular(samples[0]) else None
     for i, sample in enumerate(samples):
         if not _rectangular(sample):
-            return f"instances[{i}]: nested lists of unequal length; '{spec.name}' has shape {list(spec.shape)}"
+            return (
+                f"instances[{i}]: nested lists of unequal length; "
+                f"'{spec.name}' has shape {list(spec.shape)}"
+            )
         if np.shape(sample) != first:
             return (
                 f"instances[{i}]: shape {list(np.shape(sample))} differs from instances[0] "

@@ -66,7 +66,9 @@ def load_model(settings: Settings) -> LoadedModel:
         if facts.format != "export":  # exported graphs are captured in eval mode already
             model.eval()
     signature = resolve_signature(settings, model, carried)
-    log.info("loaded %s (%s) on %s; inputs from %s", facts.path, facts.format, device, signature.source)
+    log.info(
+        "loaded %s (%s) on %s; inputs from %s", facts.path, facts.format, device, signature.source
+    )
     return LoadedModel(model, facts, signature, _parameter_count(model))
 
 
@@ -104,10 +106,10 @@ def _renamed(signature: Signature, names: list[str] | None) -> Signature:
     if not names:
         return signature
     if len(names) != len(signature.inputs):
-        raise ModelLoadError(
-            f"{len(names)} input names given for {len(signature.inputs)} inputs"
-        )
-    specs = tuple(TensorSpec(n, s.dtype, s.shape) for n, s in zip(names, signature.inputs, strict=True))
+        raise ModelLoadError(f"{len(names)} input names given for {len(signature.inputs)} inputs")
+    specs = tuple(
+        TensorSpec(n, s.dtype, s.shape) for n, s in zip(names, signature.inputs, strict=True)
+    )
     return Signature(specs, source=signature.source, example=signature.example)
 
 

@@ -11,6 +11,7 @@ from ptserve.errors import ModelLoadError
 from ptserve.settings import ModelFormat
 
 PICKLE_PROTOCOL_2_PLUS = 0x80
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def detect_format(path: Path) -> ModelFormat:
@@ -19,6 +20,8 @@ def detect_format(path: Path) -> ModelFormat:
         head = f.read(8)
     if zipfile.is_zipfile(path):
         return _zip_format(path)
+    if head[:4] == ZIP_MAGIC:
+        raise ModelLoadError(f"{path}: corrupt or truncated archive")
     if _is_safetensors(path, head):
         return "safetensors"
     if head[:1] == bytes([PICKLE_PROTOCOL_2_PLUS]):
@@ -39,7 +42,9 @@ def _zip_format(path: Path) -> ModelFormat:
     except zipfile.BadZipFile as exc:
         raise ModelLoadError(f"{path}: corrupt archive ({exc})") from None
     inner = {name.split("/", 1)[-1] for name in names}
-    if "models/model.json" in inner or any(n.endswith("serialized_exported_program.json") for n in inner):
+    if "models/model.json" in inner or any(
+        n.endswith("serialized_exported_program.json") for n in inner
+    ):
         return "export"
     if "constants.pkl" in inner and any(n.startswith("code/") for n in inner):
         return "torchscript"

@@ -31,8 +31,10 @@ def load_pickle(path: Path, settings: Settings) -> Loaded:
         allowed = resolve_allowed(pickle_globals(path), trusted, str(path))
     except ImportError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    with torch.serialization.safe_globals(allowed):
-        return _module(path, torch.load(path, weights_only=True, map_location="cpu", mmap=True)), None
+    with torch.serialization.safe_globals(allowed):  # type: ignore[arg-type]
+        return _module(
+            path, torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        ), None
 
 
 def load_state_dict(path: Path, settings: Settings) -> Loaded:
@@ -64,13 +66,15 @@ def _into_class(path: Path, state: dict[str, torch.Tensor], settings: Settings) 
         model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         cause = " ".join(str(exc).split())
-        raise ModelLoadError(f"{path}: weights do not fit {settings.model_class}: {cause}") from None
+        raise ModelLoadError(
+            f"{path}: weights do not fit {settings.model_class}: {cause}"
+        ) from None
     return model
 
 
 def load_torchscript(path: Path, settings: Settings) -> Loaded:
     """A TorchScript archive (torch.jit.save)."""
-    return torch.jit.load(str(path), map_location="cpu"), None
+    return torch.jit.load(str(path), map_location="cpu"), None  # type: ignore[no-untyped-call]
 
 
 def load_export(path: Path, settings: Settings) -> Loaded:
@@ -86,7 +90,11 @@ def load_export(path: Path, settings: Settings) -> Loaded:
                 f"{path}: exported with a fixed batch of {value.shape[0]}; export with "
                 "dynamic_shapes={...: {0: Dim('batch')}} and an example batch of 2 or more"
             )
-        concrete = torch.empty([1 if isinstance(d, torch.SymInt) else d for d in value.shape], dtype=value.dtype, device="meta")
+        concrete = torch.empty(
+            [1 if isinstance(d, torch.SymInt) else d for d in value.shape],
+            dtype=value.dtype,
+            device="meta",
+        )
         specs.append(spec_from_tensor(name, concrete, dynamic))
     return program.module(), Signature(tuple(specs), source="torch.export input specs")
 
@@ -124,4 +132,3 @@ def _module(path: Path, obj: object) -> torch.nn.Module:
     if not isinstance(obj, torch.nn.Module):
         raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a torch.nn.Module")
     return obj
-

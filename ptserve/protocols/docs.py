@@ -83,7 +83,11 @@ def install(app: FastAPI, runtime: "Runtime") -> None:
 def _describe_predict(schema: dict[str, Any], service: "InferenceService") -> None:
     response = LabelledPredictResponse if service.labels else PredictResponse
     refs, defs = models_json_schema(
-        [(service.decoder.model, "validation"), (response, "serialization"), (ErrorBody, "serialization")],
+        [
+            (service.decoder.model, "validation"),
+            (response, "serialization"),
+            (ErrorBody, "serialization"),
+        ],
         ref_template="#/components/schemas/{model}",
     )
     schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))

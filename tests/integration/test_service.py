@@ -1,0 +1,88 @@
+import httpx
+import pytest
+
+from ptserve.app import create_app
+from ptserve.settings import EXAMPLE_MODEL, Settings
+from tests.conftest import serving
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_health_and_readiness() -> None:
+    async with serving(EXAMPLE_MODEL) as client:
+        assert (await client.get("/health/live")).json() == {"status": "alive"}
+        assert (await client.get("/health/ready")).json() == {"status": "ready"}
+
+
+async def test_not_ready_before_the_model_is_loaded() -> None:
+    app = create_app(Settings(model_path=EXAMPLE_MODEL))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ptserve") as client:
+        live = await client.get("/health/live")
+        ready = await client.get("/health/ready")
+        predict = await client.post("/predict", json={"instances": [[0] * 64]})
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["code"] == "not_ready"
+    assert predict.status_code == 503
+
+
+async def test_model_metadata() -> None:
+    async with serving(EXAMPLE_MODEL, name="digits-v2") as client:
+        listing = (await client.get("/models")).json()
+        meta = (await client.get("/models/digits-v2")).json()
+        missing = await client.get("/models/nope")
+    assert listing["models"] == [meta]
+    assert meta["format"] == "pickle"
+    assert meta["labels"] == [str(d) for d in range(10)]
+    assert meta["signature"]["inputs"] == [{"name": "input", "dtype": "float32", "shape": [64]}]
+    assert len(meta["sha256"]) == 64
+    assert meta["parameters"] == 4810
+    assert meta["loads"] == 1
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": "no model named 'nope'; this server serves 'digits-v2'",
+        "code": "model_not_found",
+    }
+
+
+async def test_unknown_routes_and_methods_get_json_errors() -> None:
+    async with serving(EXAMPLE_MODEL) as client:
+        missing = await client.get("/nope")
+        wrong_method = await client.get("/predict")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "GET /nope: Not Found", "code": "not_found"}
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["code"] == "method_not_allowed"
+
+
+async def test_openapi_shows_the_real_shape_with_a_valid_example() -> None:
+    async with serving(EXAMPLE_MODEL) as client:
+        schema = (await client.get("/openapi.json")).json()
+        operation = schema["paths"]["/predict"]["post"]
+        content = operation["requestBody"]["content"]["application/json"]
+        request = schema["components"]["schemas"][content["schema"]["$ref"].rsplit("/", 1)[1]]
+        instances = request["properties"]["instances"]
+        sample = instances["items"]
+        example = await client.post("/predict", json=content["example"])
+    assert (sample["minItems"], sample["maxItems"]) == (64, 64)
+    assert sample["items"]["type"] == "number"
+    assert instances["maxItems"] == 1024
+    assert request["additionalProperties"] is False
+    assert "/v1/models/{name}:predict" in schema["paths"]
+    assert set(operation["responses"]) >= {"200", "400", "415", "422", "500", "503"}
+    assert example.status_code == 200
+    assert example.json()["predictions"][0]["label"] == "0"  # the saved example is a real 0
+
+
+async def test_docs_are_served_from_the_package() -> None:
+    async with serving(EXAMPLE_MODEL) as client:
+        page = await client.get("/docs")
+        script = await client.get("/docs/assets/swagger-ui-bundle.js")
+        css = await client.get("/docs/assets/swagger-ui.css")
+    assert page.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower()
+    assert script.status_code == 200
+    assert len(script.content) > 100_000
+    assert css.status_code == 200

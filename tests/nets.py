@@ -1,0 +1,48 @@
+"""Small model classes for tests: importable, so pickles and state_dicts can name them."""
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A custom module class (not a torch.nn building block): 8 inputs -> 3 outputs."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TwoInputs(nn.Module):
+    """Two named inputs, two named outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+        self.b = nn.Linear(3, 2)
+
+    def forward(self, image: torch.Tensor, extra: torch.Tensor) -> dict[str, torch.Tensor]:
+        summed = self.a(image) + self.b(extra)
+        return {"sum": summed, "norm": summed.norm(dim=1, keepdim=True)}
+
+
+class FailsOnMarker(nn.Module):
+    """Raises when any input value equals -999, to test model failures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == -999).any()):
+            raise RuntimeError("marker value seen")
+        return self.linear(x)
+
+
+class SequenceSum(nn.Module):
+    """A variable-length input: (batch, length, 2) -> (batch, 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=1)
