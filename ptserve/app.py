@@ -1,5 +1,6 @@
 """create_app(settings) -> FastAPI. The lifespan loads the model once, warms it up, then serves."""
 
+import contextlib
 import logging
 import os
 import sys
@@ -8,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
+import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -51,14 +53,16 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level)
+        configure_threads(settings)
         runtime.service = InferenceService.start(settings)
         runtime.loads += 1
+        runtime.service.start_batching()
         runtime.ready = True
         try:
             yield
         finally:
             runtime.ready = False
-            runtime.service.close()
+            await runtime.service.stop()
 
     app = FastAPI(
         title="ptserve",
@@ -79,6 +83,14 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def configure_threads(settings: Settings) -> None:
+    """Torch intra-op threads: cores / workers by default, so N workers don't over-subscribe."""
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
+        torch.set_num_interop_threads(1)
+
+
 def app_from_environment() -> FastAPI:
     """Factory for ``--workers N``: each worker process rebuilds the parent's settings."""
     return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
@@ -86,7 +98,10 @@ def app_from_environment() -> FastAPI:
 
 def error_response(error: ServeError) -> Response:
     return Response(
-        orjson.dumps(error.body()), status_code=error.status_code, media_type="application/json"
+        orjson.dumps(error.body()),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type="application/json",
     )
 
 

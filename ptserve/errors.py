@@ -13,10 +13,16 @@ class ServeError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, detail: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        detail: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         """The JSON body of the error response."""
@@ -34,6 +40,18 @@ class InvalidJSON(ServeError):
 class EmptyBody(ServeError):
     status_code = 400
     code = "empty_body"
+
+
+class InvalidHeader(ServeError):
+    status_code = 400
+    code = "invalid_header"
+
+
+class ClientDisconnected(ServeError):
+    """The client went away before its answer was ready (nginx's 499); its work was dropped."""
+
+    status_code = 499
+    code = "client_closed_request"
 
 
 class InvalidInput(ServeError):
@@ -54,6 +72,21 @@ class ModelNotFound(ServeError):
 class NotReady(ServeError):
     status_code = 503
     code = "not_ready"
+
+
+class Overloaded(ServeError):
+    """The queue is full; the client should retry after ``Retry-After`` seconds."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class DeadlineExceeded(ServeError):
+    status_code = 504
+    code = "deadline_exceeded"
 
 
 class ModelFailure(ServeError):

@@ -30,10 +30,11 @@ class Runner:
         with torch.inference_mode():
             return [_to_numpy(t) for t in self._call(arrays)]
 
-    async def run(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Arrays:
-        """``forward`` on the inference thread, awaited from the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.forward, arrays)
+    def run_blocking(
+        self, fn: Callable[[Arrays], Arrays], arrays: Arrays
+    ) -> "asyncio.Future[Arrays]":
+        """Run ``fn(arrays)`` on the inference thread; awaitable from the event loop."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, arrays)
 
     def probe(self, signature: Signature, output_names: list[str] | None) -> Signature:
         """Run a batch of two example samples; return the signature with its outputs filled in.

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ptserve.errors import ModelFailure
+from ptserve.batching import Arrival, Batcher, BatchPolicy
 from ptserve.loading import FileFacts, load_model
 from ptserve.postprocess import Postprocessor, find_labels, read_labels
 from ptserve.runner import Runner
@@ -40,6 +40,8 @@ class InferenceService:
         self.labels = labels
         self.decoder = RequestDecoder(signature, settings.max_instances, settings.allow_nan)
         self.postprocess = Postprocessor(signature, labels, settings.top_k)
+        self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
+        self.batcher = Batcher(runner.forward, runner.run_blocking, self.policy, settings.max_queue)
         self.load_seconds = 0.0
 
     @classmethod
@@ -58,10 +60,21 @@ class InferenceService:
         return service
 
     def warm_up(self) -> None:
-        """A few passes on example data, so the first request is not the slow one."""
-        batch = [sample[np.newaxis] for sample in self.signature.example_sample()]
-        for _ in range(WARMUP_PASSES):
-            self.runner.forward(batch)
+        """Passes on example data at each batch size bucket (1, 2, 4, ... max_batch_size), so
+        the first real request, alone or in a full batch, is as fast as the hundredth."""
+        samples = self.signature.example_sample()
+        for size in batch_buckets(self.policy.max_batch_size):
+            batch = [np.repeat(sample[np.newaxis], size, axis=0) for sample in samples]
+            for _ in range(WARMUP_PASSES):
+                self.runner.forward(batch)
+
+    def start_batching(self) -> None:
+        """Start the batch loop; needs the running event loop."""
+        self.batcher.start()
+
+    def arrival(self) -> Arrival:
+        """Mark a request as on its way to the batcher while its body is read and validated."""
+        return self.batcher.arrival()
 
     def decode(self, body: bytes) -> Decoded:
         """Validate a ``{"instances": [...]}`` body; raises a 4xx ServeError when it is bad."""
@@ -69,20 +82,15 @@ class InferenceService:
         self.postprocess.check(decoded.top_k)
         return decoded
 
-    async def infer(self, arrays: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
-        """Run validated arrays through the model; a model exception becomes a 500."""
-        try:
-            return await self.runner.run(arrays)
-        except Exception:
-            log.exception("model %r failed on a batch of %d", self.name, len(arrays[0]))
-            raise ModelFailure(
-                "the model failed on this input; the server log has details"
-            ) from None
+    async def infer(
+        self, arrays: list[np.ndarray[Any, Any]], timeout: float
+    ) -> list[np.ndarray[Any, Any]]:
+        """Run validated arrays through the batcher: 503 when it is full, 504 past ``timeout``
+        seconds in the queue, 500 when the model raises on these samples."""
+        return await self.batcher.submit(arrays, timeout)
 
-    async def predict_json(self, body: bytes) -> bytes:
-        """The simple protocol end to end: JSON body in, serialised JSON predictions out."""
-        decoded = self.decode(body)
-        outputs = await self.infer(decoded.arrays)
+    def encode(self, decoded: Decoded, outputs: list[np.ndarray[Any, Any]]) -> bytes:
+        """The simple protocol's response bytes."""
         predictions = self.postprocess(outputs, decoded.top_k)
         return orjson.dumps(
             {"predictions": predictions, "model": self.name}, option=orjson.OPT_SERIALIZE_NUMPY
@@ -104,5 +112,13 @@ class InferenceService:
             "load_seconds": round(self.load_seconds, 3),
         }
 
-    def close(self) -> None:
+    async def stop(self) -> None:
+        """Finish queued work, then release the inference thread."""
+        await self.batcher.stop()
         self.runner.close()
+
+
+def batch_buckets(largest: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``largest``."""
+    sizes = [1 << i for i in range(largest.bit_length()) if 1 << i < largest]
+    return [*sizes, largest]

@@ -62,6 +62,27 @@ class Settings(BaseSettings):
     )
     allow_nan: bool = Field(False, description="Accept NaN and Infinity in inputs.")
     max_instances: PositiveInt = Field(1024, description="Most instances in one request.")
+    max_batch_size: PositiveInt = Field(
+        32, description="Most samples the server batches into one forward pass."
+    )
+    max_batch_delay_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a queued sample waits for a batch to fill while more requests are "
+        "arriving; with nothing else arriving a batch runs at once.",
+    )
+    max_queue: PositiveInt = Field(
+        4096, description="Most samples queued per model; beyond it requests get 503."
+    )
+    timeout_ms: float = Field(
+        30_000,
+        gt=0,
+        description="Default deadline of a request in the queue (504 when it passes); a request "
+        "may ask for another with the X-Request-Timeout-Ms header.",
+    )
+    torch_threads: PositiveInt | None = Field(
+        None, description="Torch intra-op threads per worker (default: cores / workers)."
+    )
     trust_modules: list[str] = Field(
         default_factory=list,
         description="Modules whose classes a pickled model may use (repeatable).",

@@ -25,10 +25,19 @@ def anyio_backend() -> str:
 
 
 @asynccontextmanager
-async def serving(model_path: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to an in-process app whose lifespan (model load) has run."""
+async def serving_app(
+    model_path: Path, **settings: Any
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An in-process app whose lifespan (model load) has run, and an httpx client for it."""
     app: FastAPI = create_app(Settings(model_path=model_path, **settings))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://ptserve") as client:
-            yield client
+            yield app, client
+
+
+@asynccontextmanager
+async def serving(model_path: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to an in-process app whose lifespan has run."""
+    async with serving_app(model_path, **settings) as (_, client):
+        yield client

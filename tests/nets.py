@@ -1,5 +1,7 @@
 """Small model classes for tests: importable, so pickles and state_dicts can name them."""
 
+import threading
+
 import torch
 from torch import nn
 
@@ -46,3 +48,18 @@ class SequenceSum(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.sum(dim=1)
+
+
+GATE = threading.Event()
+ENTERED = threading.Event()
+HOLD = 1234.0
+
+
+class GatedNet(nn.Module):
+    """Identity on 2 values; a batch holding the value HOLD waits until GATE opens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == HOLD).any()):
+            ENTERED.set()
+            GATE.wait(10)
+        return x * 1.0

@@ -8,6 +8,7 @@ Their OpenAPI description is added by ``ptserve.protocols.docs``.
 from fastapi import FastAPI, Request, Response
 
 from ptserve.errors import EmptyBody, UnsupportedMediaType
+from ptserve.protocols.common import cancelled_on_disconnect, request_timeout
 from ptserve.service import InferenceService
 
 JSON_TYPES = ("application/json", "text/json")
@@ -28,10 +29,15 @@ async def predict(request: Request) -> Response:
             f"content type {media!r} is not supported; send JSON with "
             "'Content-Type: application/json'"
         )
-    body = await request.body()
-    if not body.strip():
-        raise EmptyBody('the request body is empty; send {"instances": [...]}')
-    return Response(await service.predict_json(body), media_type="application/json")
+    timeout = request_timeout(request, service.settings.timeout_ms)
+    with service.arrival():
+        body = await request.body()
+        if not body.strip():
+            raise EmptyBody('the request body is empty; send {"instances": [...]}')
+        decoded = service.decode(body)
+    async with cancelled_on_disconnect(request):
+        outputs = await service.infer(decoded.arrays, timeout)
+    return Response(service.encode(decoded, outputs), media_type="application/json")
 
 
 async def v1_model(name: str, request: Request) -> dict[str, object]:

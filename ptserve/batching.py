@@ -1,0 +1,266 @@
+"""Server-side dynamic batching: a bounded queue, deadlines, and one batch loop per model.
+
+Requests are validated before they get here, so a batch only ever holds valid inputs. The loop
+forms a batch from what is queued, hands it to the inference thread (one thread hop per batch,
+not per request), and splits the outputs back to each request's future. While the model runs,
+new requests queue up and become the next batch: under load batches grow by themselves, and
+with nothing else waiting a request is dispatched at once.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ptserve.errors import DeadlineExceeded, ModelFailure, Overloaded
+
+log = logging.getLogger("ptserve")
+Arrays = list[np.ndarray[Any, Any]]
+Forward = Callable[[Arrays], Arrays]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When to flush a batch. Pure: tested with a fake clock."""
+
+    max_batch_size: int
+    max_delay: float
+
+    def wait_time(self, now: float, oldest: float, queued: int, arriving: int) -> float:
+        """Seconds to wait for more work before flushing; 0 means flush now.
+
+        Flush when the batch is full, when the oldest item has waited ``max_delay``, or when no
+        request is on its way (``arriving``: received but not yet queued) - waiting then would
+        only add latency.
+        """
+        if queued >= self.max_batch_size or arriving == 0:
+            return 0.0
+        return max(0.0, oldest + self.max_delay - now)
+
+
+@dataclass(eq=False)
+class Item:
+    """One request's samples (or one chunk of a request larger than a batch)."""
+
+    arrays: Arrays
+    deadline: float
+    future: asyncio.Future[Arrays]
+    enqueued: float
+    running: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.arrays[0])
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], ...]:
+        """Items stack into one batch only when their per-sample shapes agree."""
+        return tuple(a.shape[1:] for a in self.arrays)
+
+
+@dataclass
+class BatchStats:
+    """Counters the tests and metrics read."""
+
+    batches: int = 0
+    samples: int = 0
+    expired: int = 0
+    largest: int = 0
+
+
+class Batcher:
+    """Queues validated requests and runs them through ``forward`` in batches."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        run_blocking: Callable[[Forward, Arrays], "asyncio.Future[Arrays]"],
+        policy: BatchPolicy,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.forward = forward
+        self.run_blocking = run_blocking
+        self.policy = policy
+        self.max_queue = max_queue
+        self.clock = clock
+        self.queue: deque[Item] = deque()
+        self.queued_samples = 0
+        self.arriving = 0
+        self.stats = BatchStats()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="ptserve-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the loop."""
+        while self.queue:
+            self._wake.set()
+            await asyncio.sleep(0.001)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def arrival(self) -> "Arrival":
+        """Context manager marking a request as on its way (received, not yet queued)."""
+        return Arrival(self)
+
+    async def submit(self, arrays: Arrays, timeout: float) -> Arrays:
+        """Queue ``arrays`` (batched, one per input) and wait for the model's outputs.
+
+        Raises Overloaded when the queue is full and DeadlineExceeded when ``timeout`` seconds
+        pass before the work starts; work that expired is never computed.
+        """
+        size = len(arrays[0])
+        if self.queued_samples + size > self.max_queue:
+            raise Overloaded(
+                f"the server is at capacity ({self.queued_samples} samples queued); retry shortly"
+            )
+        now = self.clock()
+        loop = asyncio.get_running_loop()
+        step = self.policy.max_batch_size
+        items = [
+            Item([a[i : i + step] for a in arrays], now + timeout, loop.create_future(), now)
+            for i in range(0, size, step)
+        ]
+        self.queue.extend(items)
+        self.queued_samples += size
+        self._wake.set()
+        try:
+            parts = await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(*(item.future for item in items))), timeout
+            )
+        except TimeoutError:
+            if any(item.running for item in items):
+                parts = await asyncio.gather(*(item.future for item in items))
+            else:
+                self._drop(items)
+                raise DeadlineExceeded(
+                    f"the request waited over {timeout * 1000:.0f} ms in the queue"
+                ) from None
+        except asyncio.CancelledError:  # the client went away: its queued work is dropped
+            self._drop(items)
+            raise
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+    def _drop(self, items: Sequence[Item]) -> None:
+        for item in items:
+            if not item.running and item in self.queue:
+                self.queue.remove(item)
+                self.queued_samples -= item.size
+                self.stats.expired += 1
+            if not item.future.done():
+                item.future.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            wait = self.policy.wait_time(
+                self.clock(), self.queue[0].enqueued, self.queued_samples, self.arriving
+            )
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                if (
+                    self.policy.wait_time(
+                        self.clock(), self.queue[0].enqueued, self.queued_samples, self.arriving
+                    )
+                    > 0
+                ):
+                    continue
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[Item]:
+        """Pop the next batch: items of the oldest item's shape, up to max_batch_size samples."""
+        now = self.clock()
+        batch: list[Item] = []
+        total = 0
+        kept: deque[Item] = deque()
+        while self.queue:
+            item = self.queue.popleft()
+            if item.future.done() or item.deadline <= now:
+                self.queued_samples -= item.size
+                self.stats.expired += 1
+                if not item.future.done():
+                    item.future.set_exception(
+                        DeadlineExceeded("the request's deadline passed in the queue")
+                    )
+                continue
+            fits = not batch or (
+                item.key == batch[0].key and total + item.size <= self.policy.max_batch_size
+            )
+            if fits:
+                batch.append(item)
+                total += item.size
+                item.running = True
+                self.queued_samples -= item.size
+            else:
+                kept.append(item)
+            if total >= self.policy.max_batch_size:
+                break
+        kept.extend(self.queue)
+        self.queue = kept
+        return batch
+
+    async def _run(self, batch: list[Item]) -> None:
+        stacked = [
+            np.concatenate(column) if len(batch) > 1 else column[0]
+            for column in zip(*(item.arrays for item in batch), strict=True)
+        ]
+        self.stats.batches += 1
+        self.stats.samples += len(stacked[0])
+        self.stats.largest = max(self.stats.largest, len(stacked[0]))
+        try:
+            outputs = await self.run_blocking(self.forward, stacked)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("the model failed on a batch of %d", len(stacked[0]))
+                _fail(batch[0])
+                return
+            log.warning("a batch of %d items failed; re-running them one by one", len(batch))
+            for item in batch:
+                await self._run([item])
+            return
+        start = 0
+        for item in batch:
+            end = start + item.size
+            if not item.future.done():
+                item.future.set_result([out[start:end] for out in outputs])
+            start = end
+
+
+def _fail(item: Item) -> None:
+    if not item.future.done():
+        item.future.set_exception(
+            ModelFailure("the model failed on this input; the server log has details")
+        )
+
+
+class Arrival:
+    """Counts a request between its arrival and its submission (see BatchPolicy)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    def __enter__(self) -> None:
+        self.batcher.arriving += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.batcher.arriving -= 1
+        self.batcher._wake.set()

@@ -1,0 +1,57 @@
+"""Request plumbing every protocol shares: per-request deadlines and client disconnects."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.requests import Request
+from starlette.types import Message
+
+from ptserve.errors import ClientDisconnected, InvalidHeader
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def request_timeout(request: Request, default_ms: float) -> float:
+    """Seconds this request may wait in the queue: its X-Request-Timeout-Ms, else the default."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return default_ms / 1000
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise InvalidHeader(f"X-Request-Timeout-Ms must be a positive number of ms, got {raw!r}")
+    return value / 1000
+
+
+@asynccontextmanager
+async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Cancel the enclosed work when the client disconnects (raising ClientDisconnected), so
+    queued work for a client that left is dropped instead of computed.
+
+    Only for use after the body has been read: the next ASGI message is then the disconnect.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    def on_message(watch: "asyncio.Task[Message]") -> None:
+        nonlocal gone
+        if not watch.cancelled() and watch.result() == {"type": "http.disconnect"}:
+            gone = True
+            task.cancel()
+
+    watch = asyncio.ensure_future(request.receive())
+    watch.add_done_callback(on_message)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientDisconnected("the client disconnected before the answer was ready") from None
+    finally:
+        watch.remove_done_callback(on_message)
+        watch.cancel()

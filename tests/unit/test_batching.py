@@ -1,0 +1,251 @@
+"""The batcher's behaviour, made deterministic with a gate on the model instead of timing."""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+import pytest
+
+from ptserve.batching import Batcher, BatchPolicy, Forward
+from ptserve.errors import DeadlineExceeded, ModelFailure, Overloaded
+
+pytestmark = pytest.mark.anyio
+Arrays = list[np.ndarray]
+
+
+class GatedModel:
+    """Doubles its input; each call blocks until the test opens the gate. Records batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, arrays: Arrays) -> Arrays:
+        self.batches.append(arrays[0][:, 0].tolist())
+        self.entered.set()
+        self.gate.wait(10)
+        if (arrays[0] == -999).any():
+            raise RuntimeError("poisoned sample")
+        return [arrays[0] * 2]
+
+    async def running(self) -> None:
+        """Wait until a batch is inside the model."""
+        await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 10)
+        self.entered.clear()
+
+
+def sample(value: float, n: int = 1, width: int = 2) -> Arrays:
+    return [np.full((n, width), value, dtype=np.float32)]
+
+
+@asynccontextmanager
+async def batcher(
+    model: Forward, max_batch_size: int = 8, max_delay: float = 60.0, max_queue: int = 100
+) -> AsyncIterator[Batcher]:
+    executor = ThreadPoolExecutor(1)
+
+    def run_blocking(fn: Callable[[Arrays], Arrays], arrays: Arrays) -> "asyncio.Future[Arrays]":
+        return asyncio.get_running_loop().run_in_executor(executor, fn, arrays)
+
+    b = Batcher(model, run_blocking, BatchPolicy(max_batch_size, max_delay), max_queue)
+    b.start()
+    try:
+        yield b
+    finally:
+        if isinstance(model, GatedModel):
+            model.gate.set()
+        await b.stop()
+        executor.shutdown()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    ("now", "queued", "arriving", "expected"),
+    [
+        (10.0, 8, 3, 0.0),  # full
+        (10.0, 2, 0, 0.0),  # nothing else on its way: no added delay
+        (10.0, 2, 1, 0.004),  # someone is arriving: wait out the rest of the delay
+        (10.006, 2, 1, 0.0),  # the oldest item's delay has passed
+    ],
+)
+def test_policy_with_a_fake_clock(now: float, queued: int, arriving: int, expected: float) -> None:
+    policy = BatchPolicy(max_batch_size=8, max_delay=0.005)
+    assert policy.wait_time(now, oldest=9.999, queued=queued, arriving=arriving) == pytest.approx(
+        expected
+    )
+
+
+async def test_a_lone_request_runs_at_once_despite_a_long_delay() -> None:
+    model = GatedModel()
+    model.gate.set()
+    async with batcher(model, max_delay=60.0) as b:
+        (out,) = await asyncio.wait_for(b.submit(sample(1.5), timeout=30), 5)
+    np.testing.assert_array_equal(out, [[3.0, 3.0]])
+
+
+async def test_batches_form_under_concurrency_and_outputs_go_back_in_order() -> None:
+    model = GatedModel()
+    async with batcher(model) as b:
+        first = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        rest = [asyncio.ensure_future(b.submit(sample(v, n=2), timeout=30)) for v in (1, 2, 3)]
+        await settle()
+        model.gate.set()
+        results = await asyncio.gather(first, *rest)
+    assert model.batches == [[0.0], [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]]
+    for value, (out,) in zip((0, 1, 2, 3), results, strict=True):
+        np.testing.assert_array_equal(out, np.full_like(out, value * 2))
+    assert b.stats.batches == 2
+    assert b.stats.largest == 6
+
+
+async def test_a_full_batch_flushes_and_the_rest_waits_its_turn() -> None:
+    model = GatedModel()
+    async with batcher(model, max_batch_size=2) as b:
+        first = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        rest = [asyncio.ensure_future(b.submit(sample(v), timeout=30)) for v in (1, 2, 3)]
+        await settle()
+        model.gate.set()
+        await asyncio.gather(first, *rest)
+    assert model.batches == [[0.0], [1.0, 2.0], [3.0]]
+
+
+async def test_waits_for_arriving_requests_then_flushes_together() -> None:
+    model = GatedModel()
+    model.gate.set()
+    async with batcher(model, max_delay=60.0) as b:
+        arriving = b.arrival()
+        arriving.__enter__()
+        first = asyncio.ensure_future(b.submit(sample(1), timeout=30))
+        await settle()
+        assert not first.done()  # held back: another request is on its way
+        arriving.__exit__(None, None, None)
+        second = asyncio.ensure_future(b.submit(sample(2), timeout=30))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert model.batches == [[1.0, 2.0]]
+
+
+async def test_flushes_when_the_delay_passes_even_while_requests_arrive() -> None:
+    model = GatedModel()
+    model.gate.set()
+    async with batcher(model, max_delay=0.01) as b:
+        with b.arrival():
+            (out,) = await asyncio.wait_for(b.submit(sample(4), timeout=30), 5)
+    np.testing.assert_array_equal(out, [[8.0, 8.0]])
+
+
+async def test_full_queue_answers_overloaded_with_retry_after() -> None:
+    model = GatedModel()
+    async with batcher(model, max_queue=2) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        queued = asyncio.ensure_future(b.submit(sample(1, n=2), timeout=30))
+        await settle()
+        with pytest.raises(Overloaded) as err:
+            await b.submit(sample(2), timeout=30)
+        assert err.value.status_code == 503
+        assert err.value.headers == {"Retry-After": "1"}
+        model.gate.set()
+        await asyncio.gather(running, queued)
+
+
+async def test_expired_work_gets_504_and_is_never_computed() -> None:
+    model = GatedModel()
+    async with batcher(model) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        with pytest.raises(DeadlineExceeded) as err:
+            await b.submit(sample(7), timeout=0.01)
+        assert err.value.status_code == 504
+        model.gate.set()
+        await running
+        (after,) = await b.submit(sample(8), timeout=30)
+    assert 7.0 not in [v for batch in model.batches for v in batch]
+    assert model.batches == [[0.0], [8.0]]
+    assert b.stats.expired == 1
+    np.testing.assert_array_equal(after, [[16.0, 16.0]])
+
+
+async def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
+    model = GatedModel()
+    async with batcher(model) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        gone = asyncio.ensure_future(b.submit(sample(5), timeout=30))
+        await settle()
+        gone.cancel()  # what a client disconnect does
+        await settle()
+        assert b.queued_samples == 0
+        model.gate.set()
+        await running
+    assert model.batches == [[0.0]]
+
+
+async def test_a_failing_sample_fails_alone() -> None:
+    model = GatedModel()
+    async with batcher(model) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        good1, bad, good2 = (
+            asyncio.ensure_future(b.submit(sample(v), timeout=30)) for v in (1, -999, 3)
+        )
+        await settle()
+        model.gate.set()
+        await running
+        (out1,), (out3,) = await good1, await good2
+        with pytest.raises(ModelFailure):
+            await bad
+        (after,) = await b.submit(sample(6), timeout=30)  # the loop survived
+    np.testing.assert_array_equal(out1, [[2.0, 2.0]])
+    np.testing.assert_array_equal(out3, [[6.0, 6.0]])
+    np.testing.assert_array_equal(after, [[12.0, 12.0]])
+    assert model.batches[1] == [1.0, -999.0, 3.0]  # batched, failed, then one by one:
+    assert model.batches[2:5] == [[1.0], [-999.0], [3.0]]
+
+
+async def test_a_request_larger_than_a_batch_is_split_and_reassembled() -> None:
+    model = GatedModel()
+    model.gate.set()
+    inputs = [np.arange(20, dtype=np.float32).reshape(10, 2)]
+    async with batcher(model, max_batch_size=4) as b:
+        (out,) = await b.submit(inputs, timeout=30)
+    np.testing.assert_array_equal(out, inputs[0] * 2)
+    assert [len(batch) for batch in model.batches] == [4, 4, 2]
+
+
+async def test_samples_of_different_shapes_are_not_stacked() -> None:
+    model = GatedModel()
+    async with batcher(model) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        wide = asyncio.ensure_future(b.submit(sample(1, width=3), timeout=30))
+        narrow = asyncio.ensure_future(b.submit(sample(2), timeout=30))
+        wide2 = asyncio.ensure_future(b.submit(sample(3, width=3), timeout=30))
+        await settle()
+        model.gate.set()
+        await asyncio.gather(running, wide, narrow, wide2)
+    assert model.batches == [[0.0], [1.0, 3.0], [2.0]]
+
+
+async def test_stop_finishes_queued_work() -> None:
+    model = GatedModel()
+    async with batcher(model) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        queued = asyncio.ensure_future(b.submit(sample(1), timeout=30))
+        await settle()
+        model.gate.set()
+        await b.stop()
+        assert queued.done()
+        (out,) = queued.result()
+        await running
+    np.testing.assert_array_equal(out, [[2.0, 2.0]])
