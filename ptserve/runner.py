@@ -23,6 +23,8 @@ class Runner:
         self.device = torch.device(device)
         self.dtypes = [TORCH_DTYPES[spec.dtype] for spec in signature.inputs]
         self.output_names: list[str] = []
+        # A model whose largest batch takes less than a thread hop runs on the event loop.
+        self.inline = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptserve-infer")
 
     def forward(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Arrays:
@@ -33,8 +35,17 @@ class Runner:
     def run_blocking(
         self, fn: Callable[[Arrays], Arrays], arrays: Arrays
     ) -> "asyncio.Future[Arrays]":
-        """Run ``fn(arrays)`` on the inference thread; awaitable from the event loop."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, arrays)
+        """Run ``fn(arrays)`` on the inference thread, or right here when ``inline`` is set;
+        awaitable from the event loop either way."""
+        loop = asyncio.get_running_loop()
+        if not self.inline:
+            return loop.run_in_executor(self._executor, fn, arrays)
+        future: asyncio.Future[Arrays] = loop.create_future()
+        try:
+            future.set_result(fn(arrays))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
     def probe(self, signature: Signature, output_names: list[str] | None) -> Signature:
         """Run a batch of two example samples; return the signature with its outputs filled in.

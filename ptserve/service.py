@@ -17,6 +17,7 @@ from ptserve.validation import Decoded, RequestDecoder
 
 log = logging.getLogger("ptserve")
 WARMUP_PASSES = 3
+INLINE_BELOW_S = 0.001
 
 
 class InferenceService:
@@ -63,10 +64,24 @@ class InferenceService:
         """Passes on example data at each batch size bucket (1, 2, 4, ... max_batch_size), so
         the first real request, alone or in a full batch, is as fast as the hundredth."""
         samples = self.signature.example_sample()
+        fastest = float("inf")
         for size in batch_buckets(self.policy.max_batch_size):
             batch = [np.repeat(sample[np.newaxis], size, axis=0) for sample in samples]
+            fastest = float("inf")
             for _ in range(WARMUP_PASSES):
+                started = time.perf_counter()
                 self.runner.forward(batch)
+                fastest = min(fastest, time.perf_counter() - started)
+        execution = self.settings.execution
+        if execution == "auto":
+            execution = "inline" if fastest < INLINE_BELOW_S else "thread"
+        self.runner.inline = execution == "inline"
+        log.info(
+            "a batch of %d takes %.2f ms; the model runs %s",
+            self.policy.max_batch_size,
+            fastest * 1000,
+            "on the event loop" if self.runner.inline else "on its inference thread",
+        )
 
     def start_batching(self) -> None:
         """Start the batch loop; needs the running event loop."""

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         description="Default deadline of a request in the queue (504 when it passes); a request "
         "may ask for another with the X-Request-Timeout-Ms header.",
     )
+    execution: Literal["auto", "thread", "inline"] = Field(
+        "auto",
+        description="Where the model runs: on a dedicated inference thread, or inline on the "
+        "event loop (cheaper for models faster than a thread hop); auto picks inline when a "
+        "full batch takes under 1 ms at warm-up.",
+    )
     torch_threads: PositiveInt | None = Field(
         None, description="Torch intra-op threads per worker (default: cores / workers)."
     )
