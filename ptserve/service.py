@@ -72,10 +72,7 @@ class InferenceService:
                 started = time.perf_counter()
                 self.runner.forward(batch)
                 fastest = min(fastest, time.perf_counter() - started)
-        execution = self.settings.execution
-        if execution == "auto":
-            execution = "inline" if fastest < INLINE_BELOW_S else "thread"
-        self.runner.inline = execution == "inline"
+        self.runner.inline = choose_execution(self.settings.execution, fastest) == "inline"
         log.info(
             "a batch of %d takes %.2f ms; the model runs %s",
             self.policy.max_batch_size,
@@ -121,6 +118,13 @@ class InferenceService:
             "sha256": self.facts.sha256,
             "parameters": self.parameters,
             "device": str(self.runner.device),
+            "execution": "inline" if self.runner.inline else "thread",
+            "batching": {
+                "max_batch_size": self.policy.max_batch_size,
+                "max_batch_delay_ms": self.settings.max_batch_delay_ms,
+                "max_queue": self.settings.max_queue,
+                "timeout_ms": self.settings.timeout_ms,
+            },
             "signature": self.signature.describe(),
             "labels": self.labels,
             "max_instances": self.settings.max_instances,
@@ -131,6 +135,13 @@ class InferenceService:
         """Finish queued work, then release the inference thread."""
         await self.batcher.stop()
         self.runner.close()
+
+
+def choose_execution(setting: str, largest_batch_s: float) -> str:
+    """``inline`` for a model whose largest batch is faster than a thread hop costs."""
+    if setting != "auto":
+        return setting
+    return "inline" if largest_batch_s < INLINE_BELOW_S else "thread"
 
 
 def batch_buckets(largest: int) -> list[int]:

@@ -21,7 +21,11 @@ async def gated_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncC
     nets.GATE.clear()
     nets.ENTERED.clear()
     async with serving_app(
-        tmp_path / "gated.pt", trust_modules=["tests.nets"], input_shape=[2], max_queue=2
+        tmp_path / "gated.pt",
+        trust_modules=["tests.nets"],
+        input_shape=[2],
+        max_queue=2,
+        execution="thread",  # the test holds the model inside a forward pass
     ) as served:
         yield served
         nets.GATE.set()

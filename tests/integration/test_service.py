@@ -28,7 +28,7 @@ async def test_not_ready_before_the_model_is_loaded() -> None:
 
 
 async def test_model_metadata() -> None:
-    async with serving(EXAMPLE_MODEL, name="digits-v2") as client:
+    async with serving(EXAMPLE_MODEL, name="digits-v2", execution="thread") as client:
         listing = (await client.get("/models")).json()
         meta = (await client.get("/models/digits-v2")).json()
         missing = await client.get("/models/nope")
@@ -39,6 +39,8 @@ async def test_model_metadata() -> None:
     assert len(meta["sha256"]) == 64
     assert meta["parameters"] == 4810
     assert meta["loads"] == 1
+    assert meta["execution"] == "thread"
+    assert meta["batching"]["max_batch_size"] == 32
     assert missing.status_code == 404
     assert missing.json() == {
         "error": "no model named 'nope'; this server serves 'digits-v2'",
