@@ -6,13 +6,12 @@ setting from its PTSERVE_* variable too.
 
 from pathlib import Path
 
-import uvicorn
-
 from ptserve.app import create_app
+from ptserve.cli import serve
 from ptserve.settings import Settings
 
 settings = Settings(model_path=Path(__file__).with_name("model.pt"))
 app = create_app(settings)
 
 if __name__ == "__main__":
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(settings)

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_DURATION_S} s per point, shorter warm-up and in-process",
+        help=f"{QUICK_DURATION_S} s per point and a shorter in-process measurement",
     )
     parser.add_argument(
         "--duration",
@@ -89,8 +89,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         wrk_threads=args.wrk_threads,
         wrk_timeout_s=10,
         in_process=not args.no_in_process,
-        in_process_round_s=0.15 if quick else 0.4,
-        in_process_rounds=3 if quick else 5,
+        in_process_round_s=0.1 if quick else 0.2,
+        in_process_rounds=6 if quick else 12,
         in_process_batch_sizes=(1, 8, 32),
         in_process_threads=(1, 2),
         primary=args.primary,

@@ -46,11 +46,11 @@ class LoadResult:
     duration_s: float
     requests: int
     req_per_s: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    max_ms: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
     non_2xx: int
     socket_errors: int
     timeouts: int
@@ -107,16 +107,21 @@ def run_wrk(
         raise LoadError(f"wrk exited {done.returncode}: {(done.stderr or done.stdout)[-500:]}")
     raw = json.loads(line[len(RESULT_MARKER) :])
     duration = raw["duration_us"] / 1e6
+    answered = raw["requests"] > 0  # wrk reports zeros when nothing completed
+
+    def ms(key: str) -> float | None:
+        return round(raw[key] / 1e3, 3) if answered else None
+
     return LoadResult(
         concurrency=concurrency,
         duration_s=round(duration, 3),
         requests=raw["requests"],
         req_per_s=round(raw["requests"] / duration, 1) if duration else 0.0,
-        p50_ms=raw["p50_us"] / 1e3,
-        p90_ms=raw["p90_us"] / 1e3,
-        p99_ms=raw["p99_us"] / 1e3,
-        mean_ms=round(raw["mean_us"] / 1e3, 3),
-        max_ms=raw["max_us"] / 1e3,
+        p50_ms=ms("p50_us"),
+        p90_ms=ms("p90_us"),
+        p99_ms=ms("p99_us"),
+        mean_ms=ms("mean_us"),
+        max_ms=ms("max_us"),
         non_2xx=raw["status"],
         socket_errors=raw["connect"] + raw["read"] + raw["write"],
         timeouts=raw["timeout"],

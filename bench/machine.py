@@ -49,6 +49,11 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the box skews every number."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def machine_info() -> dict[str, Any]:
     """nproc, CPU model, memory, kernel, Python, torch, packages, wrk and the date."""
     return {
@@ -63,4 +68,5 @@ def machine_info() -> dict[str, Any]:
         "torch_threads_default": torch.get_num_threads(),
         "packages": package_versions(),
         "wrk": wrk_version(),
+        "load_average": load_average(),
     }

@@ -1,6 +1,7 @@
 """CPU time and memory of a process group, read from /proc."""
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,21 @@ def group_cpu_seconds(pgid: int) -> float:
         if fields is not None:
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / CLOCK_TICKS
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds every core has spent busy since boot (all processes), from /proc/stat."""
+    fields = (PROC / "stat").read_text().splitlines()[0].split()
+    # user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def background_cores(interval_s: float) -> float:
+    """Cores kept busy by the whole machine over ``interval_s`` (call while idle yourself)."""
+    before = system_busy_seconds()
+    time.sleep(interval_s)
+    return round((system_busy_seconds() - before) / interval_s, 2)
 
 
 def _process_memory(pid: int) -> ProcessMemory | None:

@@ -50,7 +50,7 @@ TARGETS: tuple[Target, ...] = (
     Target("conv_cold_start_vs_textbook", "conv", "cold_start_s", None, "textbook", "<=", 1.2),
 )
 
-_POINT_METRICS: dict[str, Callable[[Point], float]] = {
+_POINT_METRICS: dict[str, Callable[[Point], float | None]] = {
     "req_per_s": lambda p: p.load.req_per_s,
     "samples_per_s": lambda p: p.samples_per_s,
     "p50_ms": lambda p: p.load.p50_ms,
@@ -72,9 +72,12 @@ def _value(
     point = next((p for p in run.points if p.load.concurrency == target.concurrency), None)
     if point is None:
         return None, f"{server} has no c={target.concurrency} point"
+    value = _POINT_METRICS[target.metric](point)
+    if value is None:
+        return None, f"{server} completed no requests at c={target.concurrency}"
     errors = point.load.non_2xx + point.load.socket_errors + point.load.timeouts
     problem = f"{server} had {errors} failed requests" if errors else None
-    return _POINT_METRICS[target.metric](point), problem
+    return value, problem
 
 
 def _in_process_best(in_process: Sequence[InProcessResult], model: str) -> float | None:

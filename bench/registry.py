@@ -36,6 +36,8 @@ def _textbook(workers: int) -> CommandBuilder:
             str(model.path),
             "--port",
             str(port),
+            "--sample-rank",
+            str(len(model.input_shape)),
             "--workers",
             str(workers),
         )
@@ -50,17 +52,21 @@ def _bare(module: str) -> CommandBuilder:
     return build
 
 
-def _litserve(model: ModelArtifact, port: int) -> list[str]:
-    return _module(
-        "bench.servers.litserve_server",
-        str(model.path),
-        "--port",
-        str(port),
-        "--max-batch-size",
-        "16",
-        "--batch-timeout",
-        "0.005",
-    )
+def _litserve(*extra: str) -> CommandBuilder:
+    def build(model: ModelArtifact, port: int) -> list[str]:
+        return _module(
+            "bench.servers.litserve_server",
+            str(model.path),
+            "--port",
+            str(port),
+            "--max-batch-size",
+            "16",
+            "--batch-timeout",
+            "0.005",
+            *extra,
+        )
+
+    return build
 
 
 def _ptserve(config: PtserveConfig) -> CommandBuilder:
@@ -114,8 +120,16 @@ def all_servers() -> tuple[ServerSpec, ...]:
             "litserve",
             "model",
             "LitServe, batch<=16, 5 ms timeout, 1 CPU worker",
-            _litserve,
+            _litserve(),
             requires=("litserve",),
+        ),
+        ServerSpec(
+            "litserve-t1",
+            "model",
+            "LitServe as above, 1 torch thread in its inference worker",
+            _litserve("--torch-threads", "1"),
+            requires=("litserve",),
+            default=False,
         ),
     )
     ptserve = tuple(

@@ -7,13 +7,22 @@ from bench.ratios import RatioResult
 from bench.runner import ServerRun
 
 
+def _is_number(cell: str) -> bool:
+    return cell.replace(",", "").replace(".", "").replace("-", "").isdigit() or cell == "-"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to width; numbers right-aligned, text left-aligned."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    numeric = [
+        bool(rows) and all(_is_number(str(row[i])) or not row[i] for row in rows)
+        for i in range(len(header))
+    ]
     lines = [
         "  ".join(
-            str(c).rjust(w) if i else str(c).ljust(w)
+            str(c).rjust(w) if numeric[i] else str(c).ljust(w)
             for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        )
+        ).rstrip()
         for line in (header, *rows)
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -37,12 +46,14 @@ def load_table(runs: Sequence[ServerRun]) -> str:
         "errors",
         "CPU cores",
         "CPU us/req",
+        "bg cores",
         "PSS MiB",
     )
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    blank = ("",) * (len(header) - 4)
     for run in runs:
         if run.status != "ok":
-            rows.append((run.model, run.server, "-", run.status, "", "", "", "", "", "", ""))
+            rows.append((run.model, run.server, "-", run.status, *blank))
             continue
         for p in run.points:
             errors = p.load.non_2xx + p.load.socket_errors + p.load.timeouts
@@ -58,25 +69,12 @@ def load_table(runs: Sequence[ServerRun]) -> str:
                     str(errors),
                     _num(p.server_cpu_cores, 2),
                     _num(p.server_cpu_us_per_request, 0),
+                    _num(p.background_cpu_cores, 2),
                     _num(p.memory.pss_mib, 0),
                 )
             )
-        for concurrency, error in run.point_errors.items():
-            rows.append(
-                (
-                    run.model,
-                    run.server,
-                    str(concurrency),
-                    "error",
-                    error[:40],
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                )
-            )
+        for concurrency in run.point_errors:  # the message is in results.json
+            rows.append((run.model, run.server, str(concurrency), "error", *blank))
     return _table(header, rows)
 
 

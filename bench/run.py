@@ -16,15 +16,18 @@ from bench.cli import parse_options
 from bench.config import Options
 from bench.inprocess import InProcessResult, measure_in_process
 from bench.loadgen import write_lua
-from bench.machine import machine_info
+from bench.machine import load_average, machine_info
 from bench.models import ModelArtifact, create_model
 from bench.plot import plot_results
+from bench.procstats import background_cores
 from bench.ratios import compute_ratios
 from bench.registry import ServerSpec, select_servers
 from bench.report import in_process_table, load_table, ratio_table, start_table
 from bench.runner import ServerRun, run_server
 
 logger = logging.getLogger("bench")
+
+BUSY_WARNING_CORES = 0.2
 
 
 @contextlib.contextmanager
@@ -97,11 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(servers),
         len(options.models),
     )
+    machine = machine_info()
+    machine["background_cores_at_start"] = busy = background_cores(1.0)
+    if busy > BUSY_WARNING_CORES:
+        logger.warning("other processes keep %.2f cores busy: numbers will be noisy", busy)
     started = time.monotonic()
     with _workdir(options.workdir) as workdir:
         artifacts, in_process, runs = run_all(options, servers, workdir)
     ratios = compute_ratios(runs, in_process, options.primary)
-    machine = machine_info()
+    machine["load_average_end"] = load_average()
     results = {
         "machine": machine,
         "options": options,
@@ -117,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     png_path = options.out_dir / "throughput.png"
     title = (
         f"ptserve bench, {machine['nproc']} cores {machine['cpu_model']}, "
-        f"torch {machine['torch']}, {machine['date']}, {options.duration_s} s/point"
+        f"torch {machine['torch']}, {machine['date']}, {options.duration_s} s/point, "
+        f"other load at start {machine['background_cores_at_start']} cores"
     )
     plot_results(runs, in_process, options.models, png_path, title)
     sections = [

@@ -19,7 +19,7 @@ from bench.procs import (
     stop_server,
     wait_until_serving,
 )
-from bench.procstats import GroupMemory, group_cpu_seconds, group_memory
+from bench.procstats import GroupMemory, group_cpu_seconds, group_memory, system_busy_seconds
 from bench.registry import ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -29,13 +29,18 @@ RunStatus = Literal["ok", "failed", "unavailable"]
 
 @dataclass(frozen=True)
 class Point:
-    """One concurrency level: wrk's numbers plus the server's CPU and memory."""
+    """One concurrency level: wrk's numbers plus the server's CPU and memory.
+
+    ``background_cpu_cores`` is the machine's busy CPU that was neither the server nor wrk
+    (other processes on the box); well above ~0.1 means the point was measured under noise.
+    """
 
     load: LoadResult
     samples_per_s: float
     server_cpu_s: float
     server_cpu_cores: float
     server_cpu_us_per_request: float | None
+    background_cpu_cores: float
     memory: GroupMemory
 
 
@@ -96,6 +101,7 @@ def _measure_point(
             options.wrk_timeout_s,
         )
     cpu_before = group_cpu_seconds(server.pgid)
+    busy_before = system_busy_seconds()
     load = run_wrk(
         url,
         lua,
@@ -106,12 +112,15 @@ def _measure_point(
         options.wrk_timeout_s,
     )
     cpu_s = round(group_cpu_seconds(server.pgid) - cpu_before, 2)
+    busy_s = system_busy_seconds() - busy_before
+    background_s = max(busy_s - cpu_s - load.client_cpu_s, 0.0)
     return Point(
         load=load,
         samples_per_s=load.req_per_s,  # one sample per request
         server_cpu_s=cpu_s,
         server_cpu_cores=round(cpu_s / load.duration_s, 2) if load.duration_s else 0.0,
         server_cpu_us_per_request=round(cpu_s / load.requests * 1e6, 1) if load.requests else None,
+        background_cpu_cores=round(background_s / load.duration_s, 2) if load.duration_s else 0.0,
         memory=group_memory(server.pgid),
     )
 
@@ -156,7 +165,7 @@ def run_server(
                 continue
             run.points.append(point)
             logger.info(
-                "%s/%s c=%d: %.0f req/s, p99 %.2f ms",
+                "%s/%s c=%d: %.0f req/s, p99 %s ms",
                 model.name,
                 spec.name,
                 concurrency,

@@ -1,23 +1,31 @@
 """create_app(settings) -> FastAPI. The lifespan loads the model once, warms it up, then serves."""
 
+import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import orjson
 import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ptserve.errors import InvalidInput, ModelLoadError, ModelNotFound, NotReady, ServeError
-from ptserve.logs import setup_logging
-from ptserve.protocols import docs, health, simple
+from ptserve.drain import install_drain
+from ptserve.errors import InvalidInput, ModelLoadError, ServeError
+from ptserve.middleware import ApiKeys, BodyLimit, RequestContext
+from ptserve.observability.logs import setup_logging
+from ptserve.observability.metrics import mark_worker_dead
+from ptserve.protocols import docs, health, oip_v2, simple
+from ptserve.runtime import Runtime
+from ptserve.security import KeyStore
 from ptserve.service import InferenceService
 from ptserve.settings import Settings
 
@@ -25,44 +33,29 @@ log = logging.getLogger("ptserve")
 WORKER_SETTINGS_ENV = "_PTSERVE_WORKER_SETTINGS"
 
 
-@dataclass
-class Runtime:
-    """The app's long-lived state; routes reach it through ``request.app.state.runtime``."""
-
-    settings: Settings
-    service: InferenceService | None = None
-    ready: bool = False
-    loads: int = 0
-
-    def serving(self, name: str | None = None) -> InferenceService:
-        """The service (named ``name``, when given); 503 while loading or draining, 404 for an
-        unknown name."""
-        if self.service is None or not self.ready:
-            raise NotReady("the model is not ready; try again shortly")
-        if name is not None and name != self.service.name:
-            raise ModelNotFound(
-                f"no model named {name!r}; this server serves {self.service.name!r}"
-            )
-        return self.service
-
-
 def create_app(settings: Settings) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
     runtime = Runtime(settings)
+    keys = KeyStore(settings.api_key_file) if settings.api_key_file is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         configure_threads(settings)
-        runtime.service = InferenceService.start(settings)
+        service = runtime.service = InferenceService.start(settings, runtime.metrics)
         runtime.loads += 1
-        runtime.service.start_batching()
+        service.start_batching()
+        restore_signals = install_drain(runtime, settings.drain_timeout_s)
+        if keys is not None and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
         runtime.ready = True
         try:
             yield
         finally:
             runtime.ready = False
-            await runtime.service.stop()
+            await service.stop()
+            restore_signals()
+            mark_worker_dead()
 
     app = FastAPI(
         title="ptserve",
@@ -77,10 +70,30 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(LoadErrorMessages)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if keys is not None:
+        app.add_middleware(ApiKeys, keys=keys, open_prefixes=open_paths(settings))
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"],
+        )  # fmt: skip
+    app.add_middleware(RequestContext, runtime=runtime)
     app.include_router(health.router)
     simple.install(app)
+    oip_v2.install(app)
     docs.install(app, runtime)
     return app
+
+
+def open_paths(settings: Settings) -> tuple[str, ...]:
+    """Path prefixes that need no API key."""
+    paths = ["/docs", "/openapi.json"]
+    if not settings.protect_health:
+        paths += ["/health/", "/v2/health/"]
+    if not settings.protect_metrics:
+        paths.append("/metrics")
+    return tuple(paths)
 
 
 def configure_threads(settings: Settings) -> None:
@@ -96,25 +109,16 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
 
 
-def error_response(error: ServeError) -> Response:
-    return Response(
-        orjson.dumps(error.body()),
-        status_code=error.status_code,
-        headers=error.headers,
-        media_type="application/json",
-    )
-
-
 async def _serve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServeError)
-    return error_response(exc)
+    return exc.response()
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return error_response(InvalidInput(f"{where}: {first['msg']}"))
+    return InvalidInput(f"{where}: {first['msg']}").response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

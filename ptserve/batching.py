@@ -14,15 +14,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ptserve.errors import DeadlineExceeded, ModelFailure, Overloaded
+from ptserve.observability import context
+from ptserve.observability.context import Timing
 
 log = logging.getLogger("ptserve")
 Arrays = list[np.ndarray[Any, Any]]
 Forward = Callable[[Arrays], Arrays]
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports (metrics)."""
+
+    def observe_batch(self, size: int, waits: Sequence[float], seconds: float) -> None: ...
+
+    def observe_queue(self, samples: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class Item:
     deadline: float
     future: asyncio.Future[Arrays]
     enqueued: float
+    timing: Timing | None = None
     running: bool = False
 
     @property
@@ -83,16 +94,19 @@ class Batcher:
         run_blocking: Callable[[Forward, Arrays], "asyncio.Future[Arrays]"],
         policy: BatchPolicy,
         max_queue: int,
+        observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.forward = forward
         self.run_blocking = run_blocking
         self.policy = policy
         self.max_queue = max_queue
+        self.observer = observer
         self.clock = clock
         self.queue: deque[Item] = deque()
         self.queued_samples = 0
         self.arriving = 0
+        self.running = 0
         self.stats = BatchStats()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -108,6 +122,10 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def busy(self) -> bool:
+        """Whether any accepted work is arriving, queued or running."""
+        return bool(self.arriving or self.queue or self.running)
 
     def arrival(self) -> "Arrival":
         """Context manager marking a request as on its way (received, not yet queued)."""
@@ -127,12 +145,16 @@ class Batcher:
         now = self.clock()
         loop = asyncio.get_running_loop()
         step = self.policy.max_batch_size
+        timing = context.timing.get()
         items = [
-            Item([a[i : i + step] for a in arrays], now + timeout, loop.create_future(), now)
+            Item(
+                [a[i : i + step] for a in arrays], now + timeout, loop.create_future(), now, timing
+            )
             for i in range(0, size, step)
         ]
         self.queue.extend(items)
         self.queued_samples += size
+        self._report_queue()
         self._wake.set()
         try:
             parts = await asyncio.wait_for(
@@ -161,6 +183,11 @@ class Batcher:
                 self.stats.expired += 1
             if not item.future.done():
                 item.future.cancel()
+        self._report_queue()
+
+    def _report_queue(self) -> None:
+        if self.observer is not None:
+            self.observer.observe_queue(self.queued_samples)
 
     async def _loop(self) -> None:
         while True:
@@ -216,6 +243,7 @@ class Batcher:
                 break
         kept.extend(self.queue)
         self.queue = kept
+        self._report_queue()
         return batch
 
     async def _run(self, batch: list[Item]) -> None:
@@ -223,23 +251,35 @@ class Batcher:
             np.concatenate(column) if len(batch) > 1 else column[0]
             for column in zip(*(item.arrays for item in batch), strict=True)
         ]
+        size = len(stacked[0])
         self.stats.batches += 1
-        self.stats.samples += len(stacked[0])
-        self.stats.largest = max(self.stats.largest, len(stacked[0]))
+        self.stats.samples += size
+        self.stats.largest = max(self.stats.largest, size)
+        self.running += 1
+        started = self.clock()
         try:
             outputs = await self.run_blocking(self.forward, stacked)
         except Exception:
             if len(batch) == 1:
-                log.exception("the model failed on a batch of %d", len(stacked[0]))
+                log.exception("the model failed on a batch of %d", size)
                 _fail(batch[0])
                 return
             log.warning("a batch of %d items failed; re-running them one by one", len(batch))
             for item in batch:
                 await self._run([item])
             return
+        finally:
+            self.running -= 1
+        seconds = self.clock() - started
+        if self.observer is not None:
+            waits = [started - item.enqueued for item in batch for _ in range(item.size)]
+            self.observer.observe_batch(size, waits, seconds)
         start = 0
         for item in batch:
             end = start + item.size
+            if item.timing is not None:
+                item.timing.queue = started - item.enqueued
+                item.timing.inference = seconds
             if not item.future.done():
                 item.future.set_result([out[start:end] for out in outputs])
             start = end

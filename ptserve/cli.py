@@ -3,7 +3,9 @@
 import argparse
 import json
 import os
+import signal
 import sys
+import tempfile
 import types
 from collections.abc import Sequence
 from typing import Any, Literal, Union, get_args, get_origin
@@ -16,10 +18,12 @@ from uvicorn.supervisors import Multiprocess
 from ptserve.app import WORKER_SETTINGS_ENV, create_app
 from ptserve.errors import ModelLoadError
 from ptserve.inspect import describe_file
+from ptserve.observability.logs import log_config
+from ptserve.observability.metrics import MULTIPROC_ENV
 from ptserve.settings import Settings
 
-FLAGS = {"trust_modules": "--trust-module"}
-REPEATABLE = {"trust_modules"}
+FLAGS = {"trust_modules": "--trust-module", "cors_origins": "--cors-origin"}
+REPEATABLE = {"trust_modules", "cors_origins"}
 COMMANDS_WITHOUT = {"info": {"host", "port", "workers"}}
 
 
@@ -43,26 +47,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(json.dumps(facts, indent=2) if as_json else _text(facts))
         sys.stdout.write("\n")
     else:
-        serve(settings)
+        try:
+            serve(settings)
+        except ValueError as exc:  # e.g. an API key file with no keys
+            parser.exit(2, f"ptserve: {exc}\n")
 
 
 def serve(settings: Settings) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM; exit 3 if the model cannot load."""
+    """Run the server in the foreground until SIGTERM/SIGINT (which drain first); exit 0 after
+    a clean stop, 3 if the model cannot load."""
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level, settings.log_format),
+        "access_log": False,  # ptserve logs each request itself, with its id and timing
     }
+    # uvicorn re-raises the stop signal once it has shut down; answered here, the process then
+    # exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
-    # Each worker is a fresh (spawned) process that rebuilds these settings and loads the model.
-    os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
-    config = uvicorn.Config(
-        "ptserve.app:app_from_environment", factory=True, workers=settings.workers, **common
-    )
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    # Each worker is a fresh (spawned) process that rebuilds these settings, loads the model
+    # and writes its metrics to the shared multiprocess folder.
+    with tempfile.TemporaryDirectory(prefix="ptserve-metrics-") as folder:
+        os.environ[MULTIPROC_ENV] = folder
+        os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
+        config = uvicorn.Config(
+            "ptserve.app:app_from_environment", factory=True, workers=settings.workers, **common
+        )
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         sys.exit(STARTUP_FAILURE)
 

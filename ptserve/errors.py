@@ -6,6 +6,9 @@ Routes raise these; one handler (``ptserve.app``) renders them as
 
 from typing import Any, ClassVar
 
+import orjson
+from starlette.responses import Response
+
 
 class ServeError(Exception):
     """Base of every error ptserve reports to a client."""
@@ -31,6 +34,15 @@ class ServeError(Exception):
             body["detail"] = self.detail
         return body
 
+    def response(self) -> Response:
+        """The one way an error becomes an HTTP response."""
+        return Response(
+            orjson.dumps(self.body()),
+            status_code=self.status_code,
+            headers=self.headers,
+            media_type="application/json",
+        )
+
 
 class InvalidJSON(ServeError):
     status_code = 400
@@ -52,6 +64,19 @@ class ClientDisconnected(ServeError):
 
     status_code = 499
     code = "client_closed_request"
+
+
+class Unauthorized(ServeError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class BodyTooLarge(ServeError):
+    status_code = 413
+    code = "body_too_large"
 
 
 class InvalidInput(ServeError):
@@ -98,3 +123,10 @@ class ModelFailure(ServeError):
 
 class ModelLoadError(Exception):
     """A model file cannot be served; the message is one line naming the file and the cause."""
+
+
+class InvalidTensor(ServeError):
+    """An Open Inference Protocol request whose tensors do not fit the model (V2 wants 400)."""
+
+    status_code = 400
+    code = "invalid_tensor"

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ptserve.batching import Arrival, Batcher, BatchPolicy
+from ptserve.batching import Arrival, Batcher, BatchObserver, BatchPolicy
 from ptserve.loading import FileFacts, load_model
+from ptserve.observability.metrics import Metrics
 from ptserve.postprocess import Postprocessor, find_labels, read_labels
 from ptserve.runner import Runner
 from ptserve.settings import Settings
@@ -31,6 +32,7 @@ class InferenceService:
         runner: Runner,
         signature: Signature,
         labels: list[str] | None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.name = settings.model_name
         self.settings = settings
@@ -42,11 +44,14 @@ class InferenceService:
         self.decoder = RequestDecoder(signature, settings.max_instances, settings.allow_nan)
         self.postprocess = Postprocessor(signature, labels, settings.top_k)
         self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
-        self.batcher = Batcher(runner.forward, runner.run_blocking, self.policy, settings.max_queue)
+        self.batcher = Batcher(
+            runner.forward, runner.run_blocking, self.policy, settings.max_queue, observer
+        )
         self.load_seconds = 0.0
+        self.warmup_seconds = 0.0
 
     @classmethod
-    def start(cls, settings: Settings) -> "InferenceService":
+    def start(cls, settings: Settings, metrics: Metrics) -> "InferenceService":
         """Load the model, probe its outputs, read labels and warm it up (blocking)."""
         started = time.monotonic()
         loaded = load_model(settings)
@@ -54,10 +59,19 @@ class InferenceService:
         signature = runner.probe(loaded.signature, settings.output_names)
         labels_path = find_labels(settings.model_path, settings.labels)
         labels = read_labels(labels_path) if labels_path else None
-        service = cls(settings, loaded.facts, loaded.parameters, runner, signature, labels)
+        name = settings.model_name
+        service = cls(
+            settings, loaded.facts, loaded.parameters, runner, signature, labels,
+            metrics.for_model(name),
+        )  # fmt: skip
+        warm_started = time.monotonic()
         service.warm_up()
+        service.warmup_seconds = time.monotonic() - warm_started
         service.load_seconds = time.monotonic() - started
-        log.info("model %r ready in %.2fs", service.name, service.load_seconds)
+        metrics.load_seconds.labels(name).set(service.load_seconds)
+        metrics.warmup_seconds.labels(name).set(service.warmup_seconds)
+        metrics.info.labels(name, loaded.facts.format, loaded.facts.sha256, settings.device).set(1)
+        log.info("model %r ready in %.2fs", name, service.load_seconds)
         return service
 
     def warm_up(self) -> None:

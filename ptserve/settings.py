@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, FilePath, PositiveInt, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -96,6 +96,24 @@ class Settings(BaseSettings):
     unsafe_pickle: bool = Field(
         False, description="Load pickles with no allowlist. Only for files you fully trust."
     )
+    max_body_bytes: PositiveInt = Field(
+        16 * 1024 * 1024, description="Largest request body; bigger ones get 413 unread."
+    )
+    api_key_file: FilePath | None = Field(
+        None,
+        description="File of API keys, one per line; requests then need one (Authorization: "
+        "Bearer KEY or X-API-Key). Re-read when it changes and on SIGHUP.",
+    )
+    protect_health: bool = Field(False, description="Require an API key for health endpoints.")
+    protect_metrics: bool = Field(False, description="Require an API key for /metrics.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (none: CORS off)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long to let accepted work finish."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    access_log: bool = Field(True, description="Log one line per request.")
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
     workers: PositiveInt = Field(1, description="Server processes sharing the port.")

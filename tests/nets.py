@@ -1,6 +1,9 @@
 """Small model classes for tests: importable, so pickles and state_dicts can name them."""
 
+import os
 import threading
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -62,4 +65,17 @@ class GatedNet(nn.Module):
         if bool((x == HOLD).any()):
             ENTERED.set()
             GATE.wait(10)
+        return x * 1.0
+
+
+class FileGatedNet(nn.Module):
+    """Identity on 2 values; a batch holding HOLD waits until the file named by the
+    TEST_GATE_FILE environment variable exists (lets a test hold a server's model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == HOLD).any()):
+            gate = Path(os.environ["TEST_GATE_FILE"])
+            deadline = time.monotonic() + 30
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return x * 1.0

@@ -1,7 +1,7 @@
 """LitServe serving the benchmark model with server-side batching switched on.
 
 Run: ``python -m bench.servers.litserve_server MODEL_PATH --port PORT
-[--max-batch-size 16] [--batch-timeout 0.005] [--fast-queue]``.
+[--max-batch-size 16] [--batch-timeout 0.005] [--fast-queue] [--torch-threads N]``.
 LitServe forks an inference worker and an API-server process; the harness stops the
 whole process group.
 """
@@ -10,19 +10,24 @@ import argparse
 import os
 from typing import Any
 
-import litserve as ls
+import litserve as ls  # type: ignore[import-untyped]
 import torch
 
 
-class ModelAPI(ls.LitAPI):
+class ModelAPI(ls.LitAPI):  # type: ignore[misc]
     """Decode ``{"instances": [...]}``, batch across requests, answer ``{"predictions": ...}``."""
 
-    def __init__(self, model_path: str, max_batch_size: int, batch_timeout: float) -> None:
+    def __init__(
+        self, model_path: str, max_batch_size: int, batch_timeout: float, torch_threads: int
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.model_path = model_path
+        self.torch_threads = torch_threads
 
     def setup(self, device: str) -> None:
         """Load the model once in the inference worker."""
+        if self.torch_threads > 0:
+            torch.set_num_threads(self.torch_threads)
         # The file was written by the harness itself, so a full unpickle is safe here.
         self.model = torch.load(self.model_path, weights_only=False, map_location=device)
         self.model.eval()
@@ -61,8 +66,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     parser.add_argument("--fast-queue", action="store_true", help="use LitServe's ZeroMQ queue")
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="intra-op threads (0: torch's default)"
+    )
     args = parser.parse_args()
-    api = ModelAPI(args.model_path, args.max_batch_size, args.batch_timeout)
+    api = ModelAPI(args.model_path, args.max_batch_size, args.batch_timeout, args.torch_threads)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, fast_queue=args.fast_queue)
     # host is passed explicitly: LitServer.run defaults to 0.0.0.0.
     server.run(

@@ -1,15 +1,36 @@
 """Request plumbing every protocol shares: per-request deadlines and client disconnects."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.types import Message
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Message, Scope
 
 from ptserve.errors import ClientDisconnected, InvalidHeader
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+class HotRoute(Route):
+    """A plain Starlette route (no FastAPI dependency solving or body parsing on the hot path)
+    that records itself in the scope as FastAPI's routes do, so metrics can label by route."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+def add_hot_route(
+    app: FastAPI, path: str, endpoint: Callable[[Request], Awaitable[Response]]
+) -> None:
+    """Register a POST endpoint that reads its own body; it is described in OpenAPI by hand."""
+    app.router.routes.append(HotRoute(path, endpoint, methods=["POST"]))
 
 
 def request_timeout(request: Request, default_ms: float) -> float:

@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 from ptserve.validation import example_body
 
 if TYPE_CHECKING:
-    from ptserve.app import Runtime
+    from ptserve.runtime import Runtime
     from ptserve.service import InferenceService
 
 ASSETS = "/docs/assets"

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 router = APIRouter(tags=["service"])
 
@@ -34,3 +34,10 @@ async def model(name: str, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
     service = runtime.serving(name)
     return {**service.describe(), "loads": runtime.loads}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics, text exposition format (every worker's, with --workers N)."""
+    body, content_type = request.app.state.runtime.metrics.render()
+    return Response(body, media_type=content_type)

@@ -8,15 +8,15 @@ Their OpenAPI description is added by ``ptserve.protocols.docs``.
 from fastapi import FastAPI, Request, Response
 
 from ptserve.errors import EmptyBody, UnsupportedMediaType
-from ptserve.protocols.common import cancelled_on_disconnect, request_timeout
+from ptserve.protocols.common import add_hot_route, cancelled_on_disconnect, request_timeout
 from ptserve.service import InferenceService
 
 JSON_TYPES = ("application/json", "text/json")
 
 
 def install(app: FastAPI) -> None:
-    app.add_route("/predict", predict, methods=["POST"], include_in_schema=False)
-    app.add_route("/v1/models/{name}:predict", predict, methods=["POST"], include_in_schema=False)
+    add_hot_route(app, "/predict", predict)
+    add_hot_route(app, "/v1/models/{name}:predict", predict)
     app.add_api_route("/v1/models/{name}", v1_model, methods=["GET"], tags=["KServe V1"])
 
 

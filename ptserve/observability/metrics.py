@@ -1,0 +1,105 @@
+"""Prometheus metrics, correct under ``--workers N`` (prometheus-client's multiprocess mode).
+
+Each app owns its metrics on its own registry, so tests can run apps side by side. With
+PROMETHEUS_MULTIPROC_DIR set (the CLI sets it for N > 1 workers before they start), values
+live in files there and ``/metrics`` adds up every worker's.
+"""
+
+import os
+from collections.abc import Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Every metric ptserve exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ptserve_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "ptserve_request_duration_seconds", "Time to answer a request", ["route", "method"],
+            buckets=LATENCY, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "ptserve_requests_in_flight", "Requests being answered", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "ptserve_queue_wait_seconds", "Time a sample waited for its batch", ["model"],
+            buckets=LATENCY, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "ptserve_batch_size", "Samples per forward pass", ["model"], buckets=SIZES, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "ptserve_inference_duration_seconds", "Time of one forward pass", ["model"],
+            buckets=LATENCY, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "ptserve_queue_depth", "Samples waiting for a batch", ["model"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.load_seconds = Gauge(
+            "ptserve_model_load_seconds", "Time to load, probe and warm up the model", ["model"],
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.warmup_seconds = Gauge(
+            "ptserve_model_warmup_seconds", "Time of the warm-up passes", ["model"], registry=r,
+            multiprocess_mode="max",
+        )  # fmt: skip
+        self.info = Gauge(
+            "ptserve_model_info", "The served model (value 1)",
+            ["model", "format", "sha256", "device"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
+    def for_model(self, name: str) -> "ModelMetrics":
+        return ModelMetrics(self, name)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text, summed over all workers in multiprocess mode."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ModelMetrics:
+    """One model's batching metrics; the batcher reports to it (see batching.BatchObserver)."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.queue_seconds = metrics.queue_seconds.labels(name)
+        self.batch_size = metrics.batch_size.labels(name)
+        self.inference_seconds = metrics.inference_seconds.labels(name)
+        self.depth = metrics.queue_depth.labels(name)
+
+    def observe_batch(self, size: int, waits: Sequence[float], seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(seconds)
+        for wait in waits:
+            self.queue_seconds.observe(wait)
+
+    def observe_queue(self, samples: int) -> None:
+        self.depth.set(samples)
+
+
+def mark_worker_dead() -> None:
+    """Drop this worker's live gauges from the multiprocess files when it stops."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

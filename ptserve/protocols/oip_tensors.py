@@ -1,0 +1,329 @@
+"""Open Inference Protocol tensors on the wire: datatypes, JSON ``data`` and binary tensors.
+
+The binary tensor extension (as Triton defines it): the body is a JSON header of
+``Inference-Header-Content-Length`` bytes followed by raw little-endian tensors, one per tensor
+whose ``parameters.binary_data_size`` gives its byte count, in the order they are listed.
+
+Pure numpy and orjson, no torch: the server decodes requests and encodes responses here, and
+``ptserve.client`` does the reverse without importing torch. Errors are 400s a person can read.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ptserve.errors import InvalidHeader, InvalidJSON, InvalidTensor, ModelFailure
+
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+}  # fmt: skip
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {oip: np.dtype(name) for name, oip in DATATYPES.items()}
+# Which kinds of JSON values (as numpy infers them) a tensor of each kind accepts: numbers for
+# floats, integers for integers, true/false for BOOL. Never strings, never a silent truncation.
+ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "true or false"}
+Array = np.ndarray[Any, Any]
+
+
+def datatype(dtype: np.dtype[Any]) -> str:
+    """The OIP datatype of a numpy dtype, e.g. ``FP32`` for float32; KeyError when it has none."""
+    return DATATYPES[dtype.name]
+
+
+@dataclass(frozen=True)
+class WireSpec:
+    """One model input as it travels: numpy dtype and per-sample shape (-1 = any length)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    @property
+    def datatype(self) -> str:
+        return datatype(self.dtype)
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded, validated request: one batched array per model input, in the model's order."""
+
+    arrays: list[Array]
+    outputs: list[RequestedOutput]
+    id: str | None
+
+
+def decode_request(
+    body: bytes | bytearray | memoryview,
+    header_length: int | None,
+    inputs: Sequence[WireSpec],
+    output_names: Sequence[str],
+    max_batch: int,
+    allow_nan: bool,
+) -> InferRequest:
+    """Validate an infer request against the model's inputs and outputs.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` value (None: all JSON). Binary
+    tensors become zero-copy views of ``body`` where alignment allows, writable when it is.
+    """
+    view = memoryview(body)
+    binary = header_length is not None
+    if header_length is None:
+        header_length = len(view)
+    elif header_length > len(view):
+        raise InvalidHeader(
+            f"Inference-Header-Content-Length is {header_length} but the body has only "
+            f"{len(view)} bytes"
+        )
+    request = _object(_parse(view[:header_length]), "the request")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidTensor(f"id: expected a string, got {_describe(request_id)}")
+    parameters = _object(request.get("parameters", {}), "parameters")
+    binary_outputs = _flag(parameters, "binary_data_output", "parameters")
+    entries = request.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidTensor(f"inputs: expected a list of input tensors, got {_describe(entries)}")
+    index = {spec.name: i for i, spec in enumerate(inputs)}
+    arrays: list[Array | None] = [None] * len(inputs)
+    offset = header_length
+    for position, raw in enumerate(entries):
+        entry = _object(raw, f"inputs[{position}]")
+        name = entry.get("name")
+        if not isinstance(name, str) or name not in index:
+            raise InvalidTensor(
+                f"inputs[{position}]: unknown input {name!r}; the model takes {_names(inputs)}"
+            )
+        if arrays[index[name]] is not None:
+            raise InvalidTensor(f"input '{name}' is given twice")
+        spec = inputs[index[name]]
+        array, offset = _input(entry, spec, view, offset, binary, max_batch)
+        if not allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidTensor(
+                f"input '{name}': NaN and Infinity are not allowed (nor values beyond "
+                f"{spec.datatype}'s range); see the allow_nan setting"
+            )
+        arrays[index[name]] = array
+    if offset != len(view):
+        raise InvalidTensor(
+            f"the body has {len(view) - header_length} bytes after the JSON header but the "
+            f"inputs' binary_data_size add up to {offset - header_length}"
+        )
+    missing = [spec.name for spec, array in zip(inputs, arrays, strict=True) if array is None]
+    if missing:
+        raise InvalidTensor(f"missing input {_quoted(missing)}; the model takes {_names(inputs)}")
+    batched = [array for array in arrays if array is not None]
+    sizes = {spec.name: len(array) for spec, array in zip(inputs, batched, strict=True)}
+    if len(set(sizes.values())) > 1:
+        raise InvalidTensor(f"the inputs' batch sizes (first dims) differ: {sizes}")
+    outputs = _requested(request.get("outputs"), output_names, binary_outputs)
+    return InferRequest(batched, outputs, request_id)
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Sequence[tuple[str, Array, bool]],
+) -> tuple[bytes, int | None]:
+    """The response body for ``(name, array, binary)`` outputs, and the JSON header's length
+    when any output is binary (None: the body is plain JSON)."""
+    tensors: list[dict[str, Any]] = []
+    raw: list[Array] = []
+    for name, array, binary in outputs:
+        try:
+            kind = datatype(array.dtype)
+        except KeyError:
+            raise ModelFailure(
+                f"output '{name}' has dtype {array.dtype}, which no Open Inference Protocol "
+                "datatype carries"
+            ) from None
+        flat = np.ascontiguousarray(array).reshape(-1)
+        tensor: dict[str, Any] = {"name": name, "datatype": kind, "shape": list(array.shape)}
+        if binary:
+            tensor["parameters"] = {"binary_data_size": flat.nbytes}
+            raw.append(flat)
+        else:
+            tensor["data"] = flat
+        tensors.append(tensor)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = tensors
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not raw:
+        return header, None
+    return b"".join([header, *raw]), len(header)
+
+
+def _input(
+    entry: dict[str, Any],
+    spec: WireSpec,
+    body: memoryview,
+    offset: int,
+    binary: bool,
+    max_batch: int,
+) -> tuple[Array, int]:
+    """One input's array, and the offset of the next binary tensor (``binary``: the request
+    has a binary part, as its Inference-Header-Content-Length header says)."""
+    where = f"input '{spec.name}'"
+    given = entry.get("datatype")
+    if given != spec.datatype:
+        raise InvalidTensor(
+            f"{where}: datatype {given!r} does not match the model's {spec.datatype!r}"
+        )
+    shape = _shape(entry.get("shape"), spec, where, max_batch)
+    count = int(np.prod(shape))
+    parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
+    if "shared_memory_region" in parameters:
+        raise InvalidTensor(f"{where}: shared memory is not supported; send the data inline")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        if "data" not in entry:
+            raise InvalidTensor(f"{where}: no data; give 'data' or a binary tensor")
+        return _from_json(entry["data"], spec, shape, count, where), offset
+    if "data" in entry:
+        raise InvalidTensor(f"{where}: give either 'data' or binary_data_size, not both")
+    if not binary:
+        raise InvalidTensor(
+            f"{where}: binary_data_size needs the Inference-Header-Content-Length header"
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidTensor(f"{where}: binary_data_size must be a byte count, got {size!r}")
+    expected = count * spec.dtype.itemsize
+    if size != expected:
+        raise InvalidTensor(
+            f"{where}: binary_data_size is {size} but shape {shape} of {spec.datatype} "
+            f"takes {expected} bytes"
+        )
+    if offset + size > len(body):
+        raise InvalidTensor(
+            f"{where}: binary_data_size is {size} but only {len(body) - offset} bytes of the "
+            "body are left"
+        )
+    array = np.frombuffer(body, spec.dtype, count, offset).reshape(shape)
+    if not array.flags.aligned:  # torch kernels may assume aligned data; a copy aligns it
+        array = array.copy()
+    return array, offset + size
+
+
+def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: str) -> Array:
+    try:
+        values = np.asarray(data)
+    except ValueError:
+        raise InvalidTensor(f"{where}: data is nested unevenly; expected {count} values") from None
+    kind = spec.dtype.kind
+    if values.size and values.dtype.kind not in ACCEPTED_KINDS[kind]:
+        raise InvalidTensor(
+            f"{where}: {spec.datatype} data must be {KIND_WORDS[kind]}, "
+            f"got {_describe(values.reshape(-1)[0].item())}"
+        )
+    if values.size != count:
+        raise InvalidTensor(f"{where}: data has {values.size} values; shape {shape} needs {count}")
+    if kind in "iu" and values.size:
+        info = np.iinfo(spec.dtype)
+        low, high = values.min(), values.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidTensor(f"{where}: {bad} is out of range for {spec.datatype}")
+    return values.astype(spec.dtype, copy=False).reshape(shape)
+
+
+def _shape(shape: Any, spec: WireSpec, where: str, max_batch: int) -> list[int]:
+    """Check ``shape`` is ``[batch, *sample]`` with a sample that fits ``spec``."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidTensor(f"{where}: shape must be a list of sizes, got {_describe(shape)}")
+    expected = [-1, *spec.shape]
+    fits = len(shape) == len(expected) and all(
+        want in (-1, got) for want, got in zip(expected, shape, strict=True)
+    )
+    if not fits:
+        raise InvalidTensor(
+            f"{where}: shape {shape} does not fit the model's {expected} (-1: any size)"
+        )
+    if not 1 <= shape[0] <= max_batch:
+        raise InvalidTensor(
+            f"{where}: the batch size (first dim) must be 1 to {max_batch}, got {shape[0]}"
+        )
+    return shape
+
+
+def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> list[RequestedOutput]:
+    if requested is None:
+        return [RequestedOutput(name, binary_default) for name in names]
+    if not isinstance(requested, list) or not requested:
+        raise InvalidTensor(
+            f"outputs: expected a list of requested outputs (or none for all of them), "
+            f"got {_describe(requested)}"
+        )
+    chosen: list[RequestedOutput] = []
+    for position, raw in enumerate(requested):
+        entry = _object(raw, f"outputs[{position}]")
+        name = entry.get("name")
+        if not isinstance(name, str) or name not in names:
+            raise InvalidTensor(
+                f"outputs[{position}]: unknown output {name!r}; the model gives {_quoted(names)}"
+            )
+        if any(output.name == name for output in chosen):
+            raise InvalidTensor(f"output '{name}' is requested twice")
+        where = f"output '{name}': parameters"
+        parameters = _object(entry.get("parameters", {}), where)
+        for unsupported in ("classification", "shared_memory_region"):
+            if unsupported in parameters:
+                raise InvalidTensor(f"{where}: {unsupported} is not supported")
+        binary = _flag(parameters, "binary_data", where, binary_default)
+        chosen.append(RequestedOutput(name, binary))
+    return chosen
+
+
+def _parse(header: memoryview) -> Any:
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"malformed JSON: {exc}") from None
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidTensor(f"{where}: expected a JSON object, got {_describe(value)}")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidTensor(f"{where}: {key} must be true or false, got {_describe(value)}")
+    return value
+
+
+def _names(inputs: Sequence[WireSpec]) -> str:
+    return _quoted([spec.name for spec in inputs])
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,37 @@
+"""Runtime: the app's long-lived state, reached by routes through ``request.app.state.runtime``."""
+
+from dataclasses import dataclass, field
+
+from ptserve.errors import ModelNotFound, NotReady
+from ptserve.observability.metrics import Metrics
+from ptserve.service import InferenceService
+from ptserve.settings import Settings
+
+
+@dataclass
+class Runtime:
+    """Settings, metrics and (once the lifespan has loaded it) the model's service."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    service: InferenceService | None = None
+    ready: bool = False
+    draining: bool = False
+    loads: int = 0
+
+    def serving(self, name: str | None = None) -> InferenceService:
+        """The service (named ``name``, when given); 503 while loading or draining, 404 for an
+        unknown name."""
+        if self.draining:
+            raise NotReady("the server is shutting down; retry on another instance")
+        if self.service is None or not self.ready:
+            raise NotReady("the model is not ready; try again shortly")
+        if name is not None and name != self.service.name:
+            raise ModelNotFound(
+                f"no model named {name!r}; this server serves {self.service.name!r}"
+            )
+        return self.service
+
+    def busy(self) -> bool:
+        """Whether accepted work is still arriving, queued or running."""
+        return self.service is not None and self.service.batcher.busy()
