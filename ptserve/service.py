@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 
 from ptserve.batching import Arrival, Batcher, BatchObserver, BatchPolicy
+from ptserve.errors import ModelLoadError
 from ptserve.loading import FileFacts, load_model
 from ptserve.observability.metrics import Metrics
 from ptserve.postprocess import Postprocessor, find_labels, read_labels
@@ -56,14 +57,17 @@ class InferenceService:
         started = time.monotonic()
         loaded = load_model(settings)
         runner = Runner(loaded.model, settings.device, loaded.signature)
-        signature = runner.probe(loaded.signature, settings.output_names)
-        labels_path = find_labels(settings.model_path, settings.labels)
-        labels = read_labels(labels_path) if labels_path else None
         name = settings.model_name
-        service = cls(
-            settings, loaded.facts, loaded.parameters, runner, signature, labels,
-            metrics.for_model(name),
-        )  # fmt: skip
+        try:  # what fails from here on is about this model file: say which
+            signature = runner.probe(loaded.signature, settings.output_names)
+            labels_path = find_labels(settings.model_path, settings.labels)
+            labels = read_labels(labels_path) if labels_path else None
+            service = cls(
+                settings, loaded.facts, loaded.parameters, runner, signature, labels,
+                metrics.for_model(name),
+            )  # fmt: skip
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{settings.model_path}: {exc}") from None
         warm_started = time.monotonic()
         service.warm_up()
         service.warmup_seconds = time.monotonic() - warm_started

@@ -55,7 +55,10 @@ def _into_class(path: Path, state: dict[str, torch.Tensor], settings: Settings) 
         raise ModelLoadError(
             f"{path}: holds only weights; name the model class with --model-class module:Class"
         )
-    cls = import_object(settings.model_class)
+    try:
+        cls = import_object(settings.model_class)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     try:
         model = cls(**settings.model_kwargs)
     except Exception as exc:
