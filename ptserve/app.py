@@ -23,6 +23,7 @@ from ptserve.errors import InvalidInput, ModelLoadError, ServeError
 from ptserve.middleware import ApiKeys, BodyLimit, RequestContext
 from ptserve.observability.logs import setup_logging
 from ptserve.observability.metrics import mark_worker_dead
+from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, simple
 from ptserve.runtime import Runtime
 from ptserve.security import KeyStore
@@ -35,7 +36,7 @@ WORKER_SETTINGS_ENV = "_PTSERVE_WORKER_SETTINGS"
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, tracing=Tracing() if settings.tracing else None)
     keys = KeyStore(settings.api_key_file) if settings.api_key_file is not None else None
 
     @asynccontextmanager
@@ -63,6 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # ptserve makes its own request spans (with queue and inference children), and its
+        # own Prometheus metrics; FastAPI's built-in OpenTelemetry would duplicate them.
+        telemetry={"tracing": False, "metrics": False},
     )
     app.state.runtime = runtime
     app.add_exception_handler(ServeError, _serve_error)

@@ -257,6 +257,7 @@ class Batcher:
         self.stats.largest = max(self.stats.largest, size)
         self.running += 1
         started = self.clock()
+        wall_started = time.time_ns()
         try:
             outputs = await self.run_blocking(self.forward, stacked)
         except Exception:
@@ -280,6 +281,8 @@ class Batcher:
             if item.timing is not None:
                 item.timing.queue = started - item.enqueued
                 item.timing.inference = seconds
+                item.timing.batch_size = size
+                item.timing.batch_started_ns = wall_started
             if not item.future.done():
                 item.future.set_result([out[start:end] for out in outputs])
             start = end

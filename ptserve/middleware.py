@@ -60,6 +60,8 @@ class RequestContext:
                 message = {**message, "headers": headers}
             await send(message)
 
+        tracing = self.runtime.tracing
+        span = tracing.start(Headers(scope=scope), time.time_ns()) if tracing else None
         metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_headers)
@@ -68,6 +70,8 @@ class RequestContext:
             metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "other")
             method = scope["method"]
+            if tracing is not None:
+                tracing.finish(span, route, method, status, rid, timing)
             metrics.requests.labels(route, method, str(status)).inc()
             metrics.request_seconds.labels(route, method).observe(elapsed)
             if self.runtime.settings.access_log:

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from ptserve.errors import ModelNotFound, NotReady
 from ptserve.observability.metrics import Metrics
+from ptserve.observability.tracing import Tracing
 from ptserve.service import InferenceService
 from ptserve.settings import Settings
 
@@ -18,6 +19,7 @@ class Runtime:
     ready: bool = False
     draining: bool = False
     loads: int = 0
+    tracing: Tracing | None = None
 
     def serving(self, name: str | None = None) -> InferenceService:
         """The service (named ``name``, when given); 503 while loading or draining, 404 for an

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
     access_log: bool = Field(True, description="Log one line per request.")
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans per request (needs the otel extra)."
+    )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
     workers: PositiveInt = Field(1, description="Server processes sharing the port.")

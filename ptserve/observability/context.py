@@ -10,6 +10,8 @@ class Timing:
 
     queue: float | None = None
     inference: float | None = None
+    batch_size: int = 0
+    batch_started_ns: int = 0  # wall clock, for trace spans
 
     def header(self, total: float) -> str:
         parts = [f"{name};dur={value * 1000:.3f}" for name, value in self.items()]

@@ -5,7 +5,8 @@ The binary tensor extension (as Triton defines it): the body is a JSON header of
 whose ``parameters.binary_data_size`` gives its byte count, in the order they are listed.
 
 Pure numpy and orjson, no torch: the server decodes requests and encodes responses here, and
-``ptserve.client`` does the reverse without importing torch. Errors are 400s a person can read.
+``ptserve.client`` shares the datatypes without importing torch. Errors are 400s a person can
+read.
 """
 
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {oip: np.dtype(name) for name, oip in D
 ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "true or false"}
 Array = np.ndarray[Any, Any]
+MISSING_HEADER = "; binary tensors need the Inference-Header-Content-Length header"
 
 
 def datatype(dtype: np.dtype[Any]) -> str:
@@ -87,7 +89,12 @@ def decode_request(
             f"Inference-Header-Content-Length is {header_length} but the body has only "
             f"{len(view)} bytes"
         )
-    request = _object(_parse(view[:header_length]), "the request")
+    try:
+        parsed = orjson.loads(view[:header_length])
+    except orjson.JSONDecodeError as exc:
+        hint = "" if binary or b"binary_data_size" not in bytes(view) else MISSING_HEADER
+        raise InvalidJSON(f"malformed JSON: {exc}{hint}") from None
+    request = _object(parsed, "the request")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidTensor(f"id: expected a string, got {_describe(request_id)}")
@@ -165,7 +172,7 @@ def encode_response(
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not raw:
         return header, None
-    return b"".join([header, *raw]), len(header)
+    return b"".join([header, *(array.data for array in raw)]), len(header)
 
 
 def _input(
@@ -228,7 +235,7 @@ def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: s
     if values.size and values.dtype.kind not in ACCEPTED_KINDS[kind]:
         raise InvalidTensor(
             f"{where}: {spec.datatype} data must be {KIND_WORDS[kind]}, "
-            f"got {_describe(values.reshape(-1)[0].item())}"
+            f"got {_describe(values.reshape(-1)[:1].tolist()[0])}"
         )
     if values.size != count:
         raise InvalidTensor(f"{where}: data has {values.size} values; shape {shape} needs {count}")
@@ -238,7 +245,8 @@ def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: s
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
             raise InvalidTensor(f"{where}: {bad} is out of range for {spec.datatype}")
-    return values.astype(spec.dtype, copy=False).reshape(shape)
+    with np.errstate(over="ignore"):  # a float beyond FP16's range becomes inf: refused below
+        return values.astype(spec.dtype, copy=False).reshape(shape)
 
 
 def _shape(shape: Any, spec: WireSpec, where: str, max_batch: int) -> list[int]:
@@ -288,13 +296,6 @@ def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> li
         binary = _flag(parameters, "binary_data", where, binary_default)
         chosen.append(RequestedOutput(name, binary))
     return chosen
-
-
-def _parse(header: memoryview) -> Any:
-    try:
-        return orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"malformed JSON: {exc}") from None
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
