@@ -25,6 +25,7 @@ from ptserve.observability.logs import setup_logging
 from ptserve.observability.metrics import mark_worker_dead
 from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, simple
+from ptserve.protocols.common import HotPath
 from ptserve.runtime import Runtime
 from ptserve.security import KeyStore
 from ptserve.service import InferenceService
@@ -69,10 +70,12 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False},
     )
     app.state.runtime = runtime
+    app.state.hot_routes = []
     app.add_exception_handler(ServeError, _serve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(HotPath, routes=app.state.hot_routes)  # innermost: added first
     app.add_middleware(LoadErrorMessages)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if keys is not None:

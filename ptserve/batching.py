@@ -127,6 +127,11 @@ class Batcher:
         """Whether any accepted work is arriving, queued or running."""
         return bool(self.arriving or self.queue or self.running)
 
+    def will_wait(self) -> bool:
+        """Whether new work would wait behind a batch already in the model (so a client could
+        leave before its turn); on an idle model it starts within this loop iteration."""
+        return self.running > 0
+
     def arrival(self) -> "Arrival":
         """Context manager marking a request as on its way (received, not yet queued)."""
         return Arrival(self)
@@ -156,33 +161,35 @@ class Batcher:
         self.queued_samples += size
         self._report_queue()
         self._wake.set()
+        expiry = loop.call_later(timeout, self._expire, items, timeout)
         try:
-            parts = await asyncio.wait_for(
-                asyncio.shield(asyncio.gather(*(item.future for item in items))), timeout
-            )
-        except TimeoutError:
-            if any(item.running for item in items):
-                parts = await asyncio.gather(*(item.future for item in items))
-            else:
-                self._drop(items)
-                raise DeadlineExceeded(
-                    f"the request waited over {timeout * 1000:.0f} ms in the queue"
-                ) from None
+            if len(items) == 1:
+                return await items[0].future
+            parts = [await item.future for item in items]
         except asyncio.CancelledError:  # the client went away: its queued work is dropped
             self._drop(items)
             raise
-        if len(parts) == 1:
-            return parts[0]
+        finally:
+            expiry.cancel()
         return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
-    def _drop(self, items: Sequence[Item]) -> None:
+    def _expire(self, items: Sequence[Item], timeout: float) -> None:
+        """The request's deadline passed: drop it unless its work has started."""
+        if not any(item.running for item in items):
+            self._drop(items, DeadlineExceeded(f"the request waited over {timeout * 1000:.0f} ms"))
+
+    def _drop(self, items: Sequence[Item], error: Exception | None = None) -> None:
         for item in items:
             if not item.running and item in self.queue:
                 self.queue.remove(item)
                 self.queued_samples -= item.size
                 self.stats.expired += 1
-            if not item.future.done():
+            if item.future.done():
+                continue
+            if error is None:
                 item.future.cancel()
+            else:
+                item.future.set_exception(error)
         self._report_queue()
 
     def _report_queue(self) -> None:

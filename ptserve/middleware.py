@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,17 +31,14 @@ class RequestContext:
     def __init__(self, app: ASGIApp, runtime: "Runtime") -> None:
         self.app = app
         self.runtime = runtime
+        # labelled metric children, looked up once per (route, method, status) on the hot path
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        rid = (
-            incoming
-            if 0 < len(incoming) <= MAX_REQUEST_ID and incoming.isprintable()
-            else uuid.uuid4().hex
-        )
+        rid = _request_id(scope["headers"])
         timing = Timing()
         rid_token, timing_token = context.request_id.set(rid), context.timing.set(timing)
         metrics = self.runtime.metrics
@@ -72,8 +70,15 @@ class RequestContext:
             method = scope["method"]
             if tracing is not None:
                 tracing.finish(span, route, method, status, rid, timing)
-            metrics.requests.labels(route, method, str(status)).inc()
-            metrics.request_seconds.labels(route, method).observe(elapsed)
+            key = (route, method, status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    metrics.requests.labels(route, method, str(status)),
+                    metrics.request_seconds.labels(route, method),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             if self.runtime.settings.access_log:
                 path = scope["path"]
                 level = logging.DEBUG if path.startswith(QUIET_PREFIXES) else logging.INFO
@@ -85,6 +90,17 @@ class RequestContext:
                 log.log(level, "%s %s %d", method, path, status, extra={"fields": fields})
             context.request_id.reset(rid_token)
             context.timing.reset(timing_token)
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is sane, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
+                return given
+            break
+    return uuid.uuid4().hex
 
 
 class ApiKeys:

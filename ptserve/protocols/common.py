@@ -8,9 +8,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Message, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ptserve.errors import ClientDisconnected, InvalidHeader
+from ptserve.errors import ClientDisconnected, InvalidHeader, ServeError
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -29,8 +29,36 @@ class HotRoute(Route):
 def add_hot_route(
     app: FastAPI, path: str, endpoint: Callable[[Request], Awaitable[Response]]
 ) -> None:
-    """Register a POST endpoint that reads its own body; it is described in OpenAPI by hand."""
-    app.router.routes.append(HotRoute(path, endpoint, methods=["POST"]))
+    """Register a POST endpoint that reads its own body (described in OpenAPI by hand).
+
+    It is served by HotPath; it is also in the router so that other methods get 405."""
+    route = HotRoute(path, endpoint, methods=["POST"])
+    app.router.routes.insert(0, route)
+    app.state.hot_routes.append(route)
+
+
+class HotPath:
+    """The innermost middleware: serves POSTs to hot routes directly, without FastAPI's router
+    and exception middleware (a per-request cost several times the model's on small inputs).
+    ServeErrors become their responses here; anything else propagates to the 500 handler."""
+
+    def __init__(self, app: ASGIApp, routes: list[HotRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    try:
+                        response = await route.endpoint(Request(scope, receive))
+                    except ServeError as error:
+                        response = error.response()
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def request_timeout(request: Request, default_ms: float) -> float:
@@ -48,12 +76,16 @@ def request_timeout(request: Request, default_ms: float) -> float:
 
 
 @asynccontextmanager
-async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+async def cancelled_on_disconnect(request: Request, watch: bool = True) -> AsyncIterator[None]:
     """Cancel the enclosed work when the client disconnects (raising ClientDisconnected), so
-    queued work for a client that left is dropped instead of computed.
+    queued work for a client that left is dropped instead of computed. With ``watch`` false it
+    does nothing: callers skip the watch (a task per request) when the work will not wait.
 
     Only for use after the body has been read: the next ASGI message is then the disconnect.
     """
+    if not watch:
+        yield
+        return
     task = asyncio.current_task()
     assert task is not None
     gone = False
@@ -64,8 +96,8 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
             gone = True
             task.cancel()
 
-    watch = asyncio.ensure_future(request.receive())
-    watch.add_done_callback(on_message)
+    watcher = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(on_message)
     try:
         yield
     except asyncio.CancelledError:
@@ -74,5 +106,5 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
         task.uncancel()
         raise ClientDisconnected("the client disconnected before the answer was ready") from None
     finally:
-        watch.remove_done_callback(on_message)
-        watch.cancel()
+        watcher.remove_done_callback(on_message)
+        watcher.cancel()

@@ -35,7 +35,7 @@ async def predict(request: Request) -> Response:
         if not body.strip():
             raise EmptyBody('the request body is empty; send {"instances": [...]}')
         decoded = service.decode(body)
-    async with cancelled_on_disconnect(request):
+    async with cancelled_on_disconnect(request, watch=service.batcher.will_wait()):
         outputs = await service.infer(decoded.arrays, timeout)
     return Response(service.encode(decoded, outputs), media_type="application/json")
 
