@@ -19,9 +19,10 @@ class PtserveConfig:
 
 # The one place to change which ptserve configurations are measured.
 PTSERVE_CONFIGS: tuple[PtserveConfig, ...] = (
-    PtserveConfig("ptserve", ()),
-    PtserveConfig("ptserve-b32", ("--max-batch-size", "32", "--max-batch-delay-ms", "2")),
-    PtserveConfig("ptserve-w2", ("--workers", "2"), default=False),
+    # Like the baselines, no access log; everything else at its default.
+    PtserveConfig("ptserve", ("--no-access-log",)),
+    PtserveConfig("ptserve-t1", ("--no-access-log", "--torch-threads", "1")),
+    PtserveConfig("ptserve-w2", ("--no-access-log", "--workers", "2"), default=False),
 )
 
 # The configuration the target ratios are computed for (overridable with --primary).

@@ -18,7 +18,7 @@ from ptserve.signature import Signature
 from ptserve.validation import Decoded, RequestDecoder
 
 log = logging.getLogger("ptserve")
-WARMUP_PASSES = 3
+WARMUP_PASSES = 2
 INLINE_BELOW_S = 0.001
 
 
