@@ -9,6 +9,7 @@ Pure numpy and orjson, no torch: the server decodes requests and encodes respons
 read.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +50,14 @@ class WireSpec:
 
     @property
     def datatype(self) -> str:
+        """The OIP datatype requests must give for this input."""
         return datatype(self.dtype)
 
 
 @dataclass(frozen=True)
 class RequestedOutput:
+    """An output the request asks for, and whether it goes back as a binary tensor."""
+
     name: str
     binary: bool
 
@@ -192,7 +196,7 @@ def _input(
             f"{where}: datatype {given!r} does not match the model's {spec.datatype!r}"
         )
     shape = _shape(entry.get("shape"), spec, where, max_batch)
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python ints: no int64 overflow for absurd shapes
     parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
     if "shared_memory_region" in parameters:
         raise InvalidTensor(f"{where}: shared memory is not supported; send the data inline")

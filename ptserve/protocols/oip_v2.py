@@ -28,21 +28,27 @@ from ptserve.signature import DTYPE_NAMES, TensorSpec, numpy_dtype
 MODEL_VERSION = "1"  # a served model has exactly one version
 EXTENSIONS = ["binary_tensor_data"]
 TAG = "Open Inference Protocol (V2)"
+NOT_READY: dict[int | str, dict[str, Any]] = {503: {"description": "Loading or draining"}}
+MODEL_ERRORS = {**NOT_READY, 404: {"description": "Unknown model or version"}}
 # The runner hands these output dtypes back as float32, so that is what the wire carries.
 FLOAT32_OUTPUTS = {DTYPE_NAMES[dtype] for dtype in NUMPY_UNSAFE}
-# Binary tensors start this far into the read buffer's allocation, so the first one (and, in the
-# usual case of one itemsize, the rest) is aligned and used in place.
+# The read buffer is padded in front so that the binary part after the JSON header starts at a
+# multiple of this: the first tensor (and, when all share one itemsize, every tensor) is then
+# aligned and used in place instead of copied.
 ALIGNMENT = 16
+MAX_DIGITS = 18  # a header length beyond int64 is no length
 
 
 def install(app: FastAPI) -> None:
     """Add the ``/v2`` routes."""
     app.add_api_route("/v2", server_metadata, methods=["GET"], tags=[TAG])
     app.add_api_route("/v2/health/live", server_live, methods=["GET"], tags=[TAG])
-    app.add_api_route("/v2/health/ready", server_ready, methods=["GET"], tags=[TAG])
+    app.add_api_route(
+        "/v2/health/ready", server_ready, methods=["GET"], tags=[TAG], responses=NOT_READY
+    )
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        app.add_api_route(prefix, model_metadata, methods=["GET"], tags=[TAG])
-        app.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], tags=[TAG])
+        for path, endpoint in ((prefix, model_metadata), (f"{prefix}/ready", model_ready)):
+            app.add_api_route(path, endpoint, methods=["GET"], tags=[TAG], responses=MODEL_ERRORS)
         add_hot_route(app, f"{prefix}/infer", infer)
 
 
@@ -103,7 +109,7 @@ async def infer(request: Request) -> Response:
             service.settings.max_instances,
             service.settings.allow_nan,
         )
-    async with cancelled_on_disconnect(request):
+    async with cancelled_on_disconnect(request, watch=service.batcher.will_wait()):
         outputs = await service.infer(decoded.arrays, timeout)
     by_name = dict(zip((spec.name for spec in service.signature.outputs), outputs, strict=True))
     content, json_length = encode_response(
@@ -137,7 +143,7 @@ def _header_length(request: Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_DIGITS):
         raise InvalidHeader(
             f"Inference-Header-Content-Length must be the JSON header's size in bytes, got {raw!r}"
         )
