@@ -27,7 +27,7 @@ from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, simple
 from ptserve.protocols.common import HotPath
 from ptserve.runtime import Runtime
-from ptserve.security import KeyStore
+from ptserve.security import KeyStore, open_paths
 from ptserve.service import InferenceService
 from ptserve.settings import Settings
 
@@ -91,16 +91,6 @@ def create_app(settings: Settings) -> FastAPI:
     oip_v2.install(app)
     docs.install(app, runtime)
     return app
-
-
-def open_paths(settings: Settings) -> tuple[str, ...]:
-    """Path prefixes that need no API key."""
-    paths = ["/docs", "/openapi.json"]
-    if not settings.protect_health:
-        paths += ["/health/", "/v2/health/"]
-    if not settings.protect_metrics:
-        paths.append("/metrics")
-    return tuple(paths)
 
 
 def configure_threads(settings: Settings) -> None:

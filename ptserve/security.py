@@ -5,6 +5,8 @@ import hmac
 import logging
 from pathlib import Path
 
+from ptserve.settings import Settings
+
 log = logging.getLogger("ptserve")
 
 
@@ -57,3 +59,13 @@ class KeyStore:
             except (OSError, ValueError) as exc:
                 self._stamp = (stat.st_mtime_ns, stat.st_size)  # say so once, not per request
                 log.error("keeping the previous API keys: %s", exc)
+
+
+def open_paths(settings: Settings) -> tuple[str, ...]:
+    """Path prefixes that need no API key."""
+    paths = ["/docs", "/openapi.json"]
+    if not settings.protect_health:
+        paths += ["/health/", "/v2/health/"]
+    if not settings.protect_metrics:
+        paths.append("/metrics")
+    return tuple(paths)

@@ -8,9 +8,10 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
+from ptserve.protocols.schemas import ErrorBody, LabelledPredictResponse, PredictResponse
+from ptserve.security import open_paths
 from ptserve.validation import example_body
 
 if TYPE_CHECKING:
@@ -18,38 +19,6 @@ if TYPE_CHECKING:
     from ptserve.service import InferenceService
 
 ASSETS = "/docs/assets"
-
-
-class ErrorBody(BaseModel):
-    """Every error response."""
-
-    error: str = Field(description="What went wrong, for a person.")
-    code: str = Field(description="A stable machine-readable code.")
-    detail: list[dict[str, Any]] | None = Field(None, description="One entry per problem.")
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-class LabelledPrediction(BaseModel):
-    """A classifier's prediction for one instance."""
-
-    label: str = Field(description="The most likely class.")
-    score: float = Field(description="Its softmax probability.")
-    output: list[Any] = Field(description="The model's raw output for this instance.")
-    top_k: list[LabelScore] | None = Field(None, description="The k best classes, when asked.")
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Any] = Field(description="One prediction per instance, in order.")
-    model: str
-
-
-class LabelledPredictResponse(BaseModel):
-    predictions: list[LabelledPrediction] = Field(description="One per instance, in order.")
-    model: str
 
 
 def install(app: FastAPI, runtime: "Runtime") -> None:
@@ -73,6 +42,8 @@ def install(app: FastAPI, runtime: "Runtime") -> None:
         )
         if runtime.service is not None:
             _describe_predict(schema, runtime.service)
+            if runtime.settings.api_key_file is not None:
+                _describe_api_keys(schema, open_paths(runtime.settings))
             app.openapi_schema = schema
         return schema
 
@@ -131,3 +102,22 @@ def _describe_predict(schema: dict[str, Any], service: "InferenceService") -> No
     v1["responses"]["404"] = {"description": "Unknown model", **error}
     schema["paths"]["/predict"] = {"post": operation("predict", "Predict")}
     schema["paths"]["/v1/models/{name}:predict"] = {"post": v1}
+
+
+def _describe_api_keys(schema: dict[str, Any], open_prefixes: tuple[str, ...]) -> None:
+    """Declare the two ways to send a key, and the 401 of every path that needs one."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    unauthorized = {
+        "description": "A valid API key is required",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    schema["components"]["schemas"].setdefault("ErrorBody", ErrorBody.model_json_schema())
+    for path, operations in schema["paths"].items():
+        if path.startswith(open_prefixes):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation["responses"]["401"] = unauthorized

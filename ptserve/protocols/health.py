@@ -4,6 +4,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from ptserve.protocols.schemas import error_responses
+
 router = APIRouter(tags=["service"])
 
 
@@ -13,14 +15,14 @@ async def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/health/ready", responses={503: {"description": "Loading or draining"}})
+@router.get("/health/ready", responses=error_responses({503: "Loading or draining"}))
 async def ready(request: Request) -> dict[str, str]:
     """The model is loaded and warmed up; 503 otherwise."""
     request.app.state.runtime.serving()
     return {"status": "ready"}
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses({503: "Not ready"}))
 async def models(request: Request) -> dict[str, Any]:
     """Every model this server serves, with its metadata."""
     runtime = request.app.state.runtime
@@ -28,7 +30,10 @@ async def models(request: Request) -> dict[str, Any]:
     return {"models": [{**service.describe(), "loads": runtime.loads}]}
 
 
-@router.get("/models/{name}", responses={404: {"description": "Unknown model"}})
+@router.get(
+    "/models/{name}",
+    responses=error_responses({404: "Unknown model", 422: "Invalid name", 503: "Not ready"}),
+)
 async def model(name: str, request: Request) -> dict[str, Any]:
     """One model's format, signature, labels, sha256, and how many times it was loaded."""
     runtime = request.app.state.runtime

@@ -21,6 +21,7 @@ from ptserve.protocols.oip_tensors import (
     decode_request,
     encode_response,
 )
+from ptserve.protocols.schemas import error_responses
 from ptserve.runner import NUMPY_UNSAFE
 from ptserve.service import InferenceService
 from ptserve.signature import DTYPE_NAMES, TensorSpec, numpy_dtype
@@ -28,8 +29,17 @@ from ptserve.signature import DTYPE_NAMES, TensorSpec, numpy_dtype
 MODEL_VERSION = "1"  # a served model has exactly one version
 EXTENSIONS = ["binary_tensor_data"]
 TAG = "Open Inference Protocol (V2)"
-NOT_READY: dict[int | str, dict[str, Any]] = {503: {"description": "Loading or draining"}}
-MODEL_ERRORS = {**NOT_READY, 404: {"description": "Unknown model or version"}}
+NOT_READY = error_responses({503: "Loading or draining"})
+MODEL_ERRORS = error_responses(
+    {404: "Unknown model or version", 422: "Invalid name", 503: "Loading or draining"}
+)
+# The versioned paths' handlers read the version from the path; OpenAPI must still declare it.
+PATH_PARAMETERS = {
+    "parameters": [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+        for n in ("name", "version")
+    ]
+}
 # The runner hands these output dtypes back as float32, so that is what the wire carries.
 FLOAT32_OUTPUTS = {DTYPE_NAMES[dtype] for dtype in NUMPY_UNSAFE}
 # The read buffer is padded in front so that the binary part after the JSON header starts at a
@@ -47,8 +57,12 @@ def install(app: FastAPI) -> None:
         "/v2/health/ready", server_ready, methods=["GET"], tags=[TAG], responses=NOT_READY
     )
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        extra = PATH_PARAMETERS if "{version}" in prefix else None
         for path, endpoint in ((prefix, model_metadata), (f"{prefix}/ready", model_ready)):
-            app.add_api_route(path, endpoint, methods=["GET"], tags=[TAG], responses=MODEL_ERRORS)
+            app.add_api_route(
+                path, endpoint, methods=["GET"], tags=[TAG], responses=MODEL_ERRORS,
+                openapi_extra=extra,
+            )  # fmt: skip
         add_hot_route(app, f"{prefix}/infer", infer)
 
 
@@ -68,7 +82,7 @@ async def server_ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
-async def model_metadata(request: Request) -> dict[str, Any]:
+async def model_metadata(name: str, request: Request) -> dict[str, Any]:
     """The model's versions, platform and its inputs and outputs as OIP tensors (-1: the batch
     dimension, or a dimension of any size)."""
     service = _service(request)
@@ -84,7 +98,7 @@ async def model_metadata(request: Request) -> dict[str, Any]:
     }
 
 
-async def model_ready(request: Request) -> dict[str, Any]:
+async def model_ready(name: str, request: Request) -> dict[str, Any]:
     """The model is ready for inference; 503 while loading or draining."""
     return {"name": _service(request).name, "ready": True}
 
