@@ -16,6 +16,10 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 
 function init(args)
+  if args[2] then  -- an Open Inference Protocol binary body: its JSON header's length
+    wrk.headers["Content-Type"] = "application/octet-stream"
+    wrk.headers["Inference-Header-Content-Length"] = args[2]
+  end
   local f = assert(io.open(args[1], "rb"))
   wrk.body = f:read("*a")
   f:close()
@@ -81,6 +85,7 @@ def run_wrk(
     duration_s: int,
     threads: int,
     timeout_s: int,
+    header_length: int | None = None,
 ) -> LoadResult:
     """Run wrk against ``url`` for ``duration_s`` seconds at ``concurrency`` connections."""
     command = [
@@ -95,6 +100,7 @@ def run_wrk(
         url,
         "--",
         str(body_path),
+        *([str(header_length)] if header_length is not None else []),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(

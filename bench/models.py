@@ -26,6 +26,8 @@ class ModelArtifact:
     name: str
     path: Path
     body_path: Path
+    v2_body_path: Path
+    v2_header_length: int
     input_shape: tuple[int, ...]
     parameters: int
     body_bytes: int
@@ -89,15 +91,41 @@ def create_model(name: str, directory: Path) -> ModelArtifact:
     body = json.dumps({"instances": [sample]}, separators=(",", ":")).encode()
     body_path = directory / f"{name}.body.json"
     body_path.write_bytes(body)
+    v2_body_path = directory / f"{name}.body.v2"
+    v2_header_length = write_v2_binary_body(v2_body_path, sample)
     return ModelArtifact(
         name=name,
         path=path,
         body_path=body_path,
+        v2_body_path=v2_body_path,
+        v2_header_length=v2_header_length,
         input_shape=shape,
         parameters=sum(p.numel() for p in model.parameters()),
         body_bytes=len(body),
         description=description,
     )
+
+
+def write_v2_binary_body(path: Path, sample: object) -> int:
+    """An Open Inference Protocol request with the sample as a binary FP32 tensor (and the
+    output asked for in binary); returns the JSON header's length."""
+    tensor = torch.tensor(sample, dtype=torch.float32).unsqueeze(0).numpy()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(tensor.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.nbytes},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    path.write_bytes(header + tensor.tobytes())
+    return len(header)
 
 
 def load_sample_batch(model: ModelArtifact, batch_size: int) -> torch.Tensor:

@@ -62,11 +62,15 @@ def start_server(command: list[str], port: int, log_path: Path) -> ServerProcess
     return ServerProcess(popen=popen, port=port, log_path=log_path, started_at=started_at)
 
 
-def post(port: int, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-    """POST a JSON body to 127.0.0.1:port and return (status, response body)."""
+def post(
+    port: int, path: str, body: bytes, timeout_s: float, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """POST a body (JSON unless ``headers`` say otherwise) to 127.0.0.1:port; return (status,
+    response body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        sent = headers or {"Content-Type": "application/json"}
+        conn.request("POST", path, body=body, headers=sent)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -74,7 +78,11 @@ def post(port: int, path: str, body: bytes, timeout_s: float) -> tuple[int, byte
 
 
 def wait_until_serving(
-    server: ServerProcess, path: str, body: bytes, timeout_s: float
+    server: ServerProcess,
+    path: str,
+    body: bytes,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, bytes]:
     """Poll the predict endpoint until it answers 200; return (cold start seconds, body).
 
@@ -87,7 +95,7 @@ def wait_until_serving(
         if code is not None:
             raise ServerStartError(f"exited with code {code}: {log_tail(server.log_path)}")
         try:
-            status, payload = post(server.port, path, body, timeout_s=2.0)
+            status, payload = post(server.port, path, body, timeout_s=2.0, headers=headers)
         except (OSError, http.client.HTTPException) as exc:
             last = f"{type(exc).__name__}: {exc}"
         else:

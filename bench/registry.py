@@ -23,6 +23,7 @@ class ServerSpec:
     requires: tuple[str, ...] = ()
     predict_path: str = "/predict"
     default: bool = True
+    wire: Literal["json", "v2-binary"] = "json"
 
 
 def _module(module: str, *args: str) -> list[str]:
@@ -143,7 +144,16 @@ def all_servers() -> tuple[ServerSpec, ...]:
         )
         for c in PTSERVE_CONFIGS
     )
-    return fixed + ptserve
+    v2 = ServerSpec(
+        "ptserve-v2",
+        "model",
+        "ptserve (first configuration) over the Open Inference Protocol, binary tensors",
+        _ptserve(PTSERVE_CONFIGS[0]),
+        requires=("ptserve",),
+        predict_path="/v2/models/bench/infer",
+        wire="v2-binary",
+    )
+    return (*fixed, *ptserve, v2)
 
 
 def select_servers(names: tuple[str, ...] | None) -> tuple[ServerSpec, ...]:

@@ -63,10 +63,19 @@ class ServerRun:
     stopped_gracefully: bool | None = None
 
 
+def _wire_body(spec: ServerSpec, model: ModelArtifact) -> tuple[Path, int | None]:
+    """The request body for ``spec``'s wire format, and its V2 JSON header length."""
+    if spec.wire == "v2-binary":
+        return model.v2_body_path, model.v2_header_length
+    return model.body_path, None
+
+
 def _check_response(spec: ServerSpec, payload: bytes) -> bool | None:
     """For model servers: one prediction came back. Ceilings answer a constant."""
     if spec.kind != "model":
         return None
+    if spec.wire == "v2-binary":  # a JSON header, then the raw output tensor
+        return b'"binary_data_size"' in payload and b'"shape":[1,' in payload
     try:
         predictions = json.loads(payload)["predictions"]
     except (ValueError, KeyError, TypeError):
@@ -90,26 +99,29 @@ def _measure_point(
     options: Options,
 ) -> Point:
     url = f"http://127.0.0.1:{server.port}{spec.predict_path}"
+    body_path, header_length = _wire_body(spec, model)
     if options.warmup_s > 0:
         run_wrk(
             url,
             lua,
-            model.body_path,
+            body_path,
             concurrency,
             options.warmup_s,
             options.wrk_threads,
             options.wrk_timeout_s,
+            header_length,
         )
     cpu_before = group_cpu_seconds(server.pgid)
     busy_before = system_busy_seconds()
     load = run_wrk(
         url,
         lua,
-        model.body_path,
+        body_path,
         concurrency,
         options.duration_s,
         options.wrk_threads,
         options.wrk_timeout_s,
+        header_length,
     )
     cpu_s = round(group_cpu_seconds(server.pgid) - cpu_before, 2)
     busy_s = system_busy_seconds() - busy_before
@@ -144,11 +156,14 @@ def run_server(
         run.status, run.reason = "unavailable", missing
         logger.warning("%s/%s unavailable: %s", model.name, spec.name, missing)
         return run
-    body = model.body_path.read_bytes()
+    body_path, header_length = _wire_body(spec, model)
+    headers = None
+    if header_length is not None:
+        headers = {"Inference-Header-Content-Length": str(header_length)}
     server = start_server(command, port, logs / f"{model.name}-{spec.name}.log")
     try:
         run.cold_start_s, payload = wait_until_serving(
-            server, spec.predict_path, body, options.start_timeout_s
+            server, spec.predict_path, body_path.read_bytes(), options.start_timeout_s, headers
         )
         run.cold_start_s = round(run.cold_start_s, 3)
         run.response_ok = _check_response(spec, payload)
