@@ -254,11 +254,7 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[Item]) -> None:
-        stacked = [
-            np.concatenate(column) if len(batch) > 1 else column[0]
-            for column in zip(*(item.arrays for item in batch), strict=True)
-        ]
-        size = len(stacked[0])
+        size = sum(item.size for item in batch)
         self.stats.batches += 1
         self.stats.samples += size
         self.stats.largest = max(self.stats.largest, size)
@@ -266,7 +262,14 @@ class Batcher:
         started = self.clock()
         wall_started = time.time_ns()
         try:
+            stacked = [
+                np.concatenate(column) if len(batch) > 1 else column[0]
+                for column in zip(*(item.arrays for item in batch), strict=True)
+            ]
             outputs = await self.run_blocking(self.forward, stacked)
+            rows = [len(out) for out in outputs]
+            if any(n != size for n in rows):
+                raise ValueError(f"the model returned {rows} rows for a batch of {size}")
         except Exception:
             if len(batch) == 1:
                 log.exception("the model failed on a batch of %d", size)

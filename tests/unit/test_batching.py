@@ -249,3 +249,14 @@ async def test_stop_finishes_queued_work() -> None:
         (out,) = queued.result()
         await running
     np.testing.assert_array_equal(out, [[2.0, 2.0]])
+
+
+async def test_a_model_returning_the_wrong_number_of_rows_fails_that_request() -> None:
+    def first_row_only(arrays: Arrays) -> Arrays:
+        return [arrays[0][:1] * 2]
+
+    async with batcher(first_row_only) as b:
+        with pytest.raises(ModelFailure):
+            await b.submit(sample(1, n=2), timeout=30)
+        (out,) = await b.submit(sample(3), timeout=30)  # one row for one sample is right
+    np.testing.assert_array_equal(out, [[6.0, 6.0]])
