@@ -122,14 +122,20 @@ async def test_a_full_batch_flushes_and_the_rest_waits_its_turn() -> None:
 async def test_waits_for_arriving_requests_then_flushes_together() -> None:
     model = GatedModel()
     model.gate.set()
+    body_read = asyncio.Event()
     async with batcher(model, max_delay=60.0) as b:
-        arriving = b.arrival()
-        arriving.__enter__()
+
+        async def second_request() -> Arrays:
+            with b.arrival():  # received; its body is still being read
+                await body_read.wait()
+            return await b.submit(sample(2), timeout=30)  # queued in the same step
+
+        second = asyncio.ensure_future(second_request())
+        await settle()
         first = asyncio.ensure_future(b.submit(sample(1), timeout=30))
         await settle()
         assert not first.done()  # held back: another request is on its way
-        arriving.__exit__(None, None, None)
-        second = asyncio.ensure_future(b.submit(sample(2), timeout=30))
+        body_read.set()
         await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert model.batches == [[1.0, 2.0]]
 
