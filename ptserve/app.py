@@ -24,7 +24,7 @@ from ptserve.middleware import ApiKeys, BodyLimit, RequestContext
 from ptserve.observability.logs import setup_logging
 from ptserve.observability.metrics import mark_worker_dead
 from ptserve.observability.tracing import Tracing
-from ptserve.protocols import docs, health, oip_v2, simple
+from ptserve.protocols import docs, health, oip_v2, page, simple
 from ptserve.protocols.common import HotPath
 from ptserve.runtime import Runtime
 from ptserve.security import KeyStore, open_paths
@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     simple.install(app)
     oip_v2.install(app)
     docs.install(app, runtime)
+    page.install(app)
     return app
 
 

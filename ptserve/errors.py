@@ -130,3 +130,31 @@ class InvalidTensor(ServeError):
 
     status_code = 400
     code = "invalid_tensor"
+
+
+class InvalidImage(ServeError):
+    """An uploaded image that cannot be decoded: not an image, truncated, or corrupt."""
+
+    status_code = 422
+    code = "invalid_image"
+
+
+class ImageTooLarge(ServeError):
+    """An image with more pixels than ``max_image_pixels``, refused before it is decoded."""
+
+    status_code = 413
+    code = "image_too_large"
+
+
+class HookFailure(ServeError):
+    """A user hook raised or returned something unusable; details go to the log only."""
+
+    status_code = 500
+    code = "hook_error"
+
+
+class InvalidForm(ServeError):
+    """A multipart body that cannot be parsed, or has too many parts."""
+
+    status_code = 400
+    code = "invalid_form"

@@ -1,8 +1,9 @@
-"""From raw model outputs to predictions: per-sample outputs, or labels with softmax scores."""
+"""From raw model outputs to predictions: per-sample outputs, or labels with their scores
+(softmax, sigmoid or the raw outputs), the k best, and every label over a threshold."""
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,13 +38,37 @@ def find_labels(model_path: Path, given: Path | None) -> Path | None:
     return next((p for n in ("labels.txt", "labels.json") if (p := folder / n).is_file()), None)
 
 
+Activation = Literal["softmax", "sigmoid", "none"]
+
+
+def activate(outputs: np.ndarray[Any, Any], activation: Activation) -> np.ndarray[Any, Any]:
+    """Label scores from a batch of outputs (one row per sample)."""
+    if activation == "softmax":
+        shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-outputs))  # type: ignore[no-any-return]
+    return outputs
+
+
 class Postprocessor:
     """Splits batched outputs into per-sample predictions."""
 
-    def __init__(self, signature: Signature, labels: list[str] | None, top_k: int | None) -> None:
+    def __init__(
+        self,
+        signature: Signature,
+        labels: list[str] | None,
+        top_k: int | None,
+        activation: Activation = "softmax",
+        threshold: float | None = None,
+    ) -> None:
         self.names = [spec.name for spec in signature.outputs]
         self.labels = labels
         self.top_k = top_k
+        self.activation: Activation = activation
+        self.threshold = threshold
+        if threshold is not None and labels is None:
+            raise ModelLoadError("a threshold needs class labels (a labels file)")
         if labels is not None:
             shapes = [spec.shape for spec in signature.outputs]
             if shapes != [(len(labels),)]:
@@ -67,8 +92,14 @@ class Postprocessor:
 
     def _labelled(self, logits: np.ndarray[Any, Any], top_k: int | None) -> list[Any]:
         assert self.labels is not None
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = shifted / shifted.sum(axis=-1, keepdims=True)
+        finite = np.isfinite(logits).all(axis=-1)
+        if not finite.all():  # a label picked from NaN scores would be made up
+            i = int(np.argmin(finite))
+            raise InvalidInput(
+                f"instances[{i}]: the model's output for this input is not finite (NaN or "
+                "Infinity); the input is outside the range the model computes on"
+            )
+        probs = activate(logits, self.activation)
         best = probs.argmax(axis=-1)
         predictions: list[Any] = []
         for i, row in enumerate(probs):
@@ -80,5 +111,10 @@ class Postprocessor:
             if top_k:
                 order = np.argsort(-row, kind="stable")[:top_k]
                 prediction["top_k"] = [{"label": self.labels[j], "score": row[j]} for j in order]
+            if self.threshold is not None:
+                prediction["labels"] = [
+                    label for label, score in zip(self.labels, row, strict=True)
+                    if score >= self.threshold
+                ]  # fmt: skip
             predictions.append(prediction)
         return predictions

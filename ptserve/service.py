@@ -8,7 +8,9 @@ import numpy as np
 import orjson
 
 from ptserve.batching import Arrival, Batcher, BatchObserver, BatchPolicy
-from ptserve.errors import ModelLoadError
+from ptserve.errors import HookFailure, ModelLoadError, UnsupportedMediaType
+from ptserve.hooks import Hooks, load_hooks, run_postprocess, run_preprocess
+from ptserve.images import image_spec, to_batch
 from ptserve.loading import FileFacts, load_model
 from ptserve.observability.metrics import Metrics
 from ptserve.postprocess import Postprocessor, find_labels, read_labels
@@ -34,6 +36,7 @@ class InferenceService:
         signature: Signature,
         labels: list[str] | None,
         observer: BatchObserver | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.name = settings.model_name
         self.settings = settings
@@ -42,8 +45,22 @@ class InferenceService:
         self.runner = runner
         self.signature = signature
         self.labels = labels
-        self.decoder = RequestDecoder(signature, settings.max_instances, settings.allow_nan)
-        self.postprocess = Postprocessor(signature, labels, settings.top_k)
+        self.hooks = hooks
+        self.images = image_spec(signature, settings)
+        self.preprocess_hook = hooks.preprocess if hooks is not None else None
+        self.postprocess_hook = hooks.postprocess if hooks is not None else None
+        raw = self.preprocess_hook is not None
+        self.decoder = RequestDecoder(
+            signature, settings.max_instances, settings.allow_nan,
+            images=None if raw else self.images, raw=raw,
+        )  # fmt: skip
+        self.postprocess = Postprocessor(
+            signature, labels, settings.top_k, settings.output_activation, settings.threshold
+        )
+        # What a request needs besides the model (images, hooks) is CPU work for a worker
+        # thread; plain JSON for a model without either is decoded on the event loop.
+        self.decode_off_loop = self.images is not None or raw
+        self.encode_off_loop = self.postprocess_hook is not None
         self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
         self.batcher = Batcher(
             runner.forward, runner.run_blocking, self.policy, settings.max_queue, observer
@@ -58,13 +75,14 @@ class InferenceService:
         loaded = load_model(settings)
         runner = Runner(loaded.model, settings.device, loaded.signature)
         name = settings.model_name
+        hooks = load_hooks(settings.handler) if settings.handler else None
         try:  # what fails from here on is about this model file: say which
             signature = runner.probe(loaded.signature, settings.output_names)
             labels_path = find_labels(settings.model_path, settings.labels)
             labels = read_labels(labels_path) if labels_path else None
             service = cls(
                 settings, loaded.facts, loaded.parameters, runner, signature, labels,
-                metrics.for_model(name),
+                metrics.for_model(name), hooks,
             )  # fmt: skip
         except ModelLoadError as exc:
             raise ModelLoadError(f"{settings.model_path}: {exc}") from None
@@ -108,9 +126,35 @@ class InferenceService:
 
     def decode(self, body: bytes) -> Decoded:
         """Validate a ``{"instances": [...]}`` body; raises a 4xx ServeError when it is bad."""
-        decoded = self.decoder.decode(body)
+        if self.preprocess_hook is not None:
+            instances, top_k = self.decoder.parse(body)
+            decoded = Decoded(self._preprocess(instances), top_k)
+        else:
+            decoded = self.decoder.decode(body)
         self.postprocess.check(decoded.top_k)
         return decoded
+
+    @property
+    def takes_uploads(self) -> bool:
+        """Whether file uploads (multipart) make sense: an image model, or a preprocess hook."""
+        return self.images is not None or self.preprocess_hook is not None
+
+    def decode_uploads(self, files: list[bytes], top_k: int | None) -> Decoded:
+        """Uploaded files (blocking: images are decoded here); 4xx when one is bad."""
+        if self.preprocess_hook is not None:
+            decoded = Decoded(self._preprocess(list(files)), top_k)
+        elif self.images is not None:
+            decoded = Decoded([to_batch(files, self.images, "files")], top_k)
+        else:
+            raise UnsupportedMediaType(
+                "this model does not take images; send JSON with 'Content-Type: application/json'"
+            )
+        self.postprocess.check(top_k)
+        return decoded
+
+    def _preprocess(self, instances: list[Any]) -> list[np.ndarray[Any, Any]]:
+        assert self.hooks is not None
+        return run_preprocess(self.hooks, instances, self.signature, self.decoder.translate)
 
     async def infer(
         self, arrays: list[np.ndarray[Any, Any]], timeout: float
@@ -120,11 +164,15 @@ class InferenceService:
         return await self.batcher.submit(arrays, timeout)
 
     def encode(self, decoded: Decoded, outputs: list[np.ndarray[Any, Any]]) -> bytes:
-        """The simple protocol's response bytes."""
-        predictions = self.postprocess(outputs, decoded.top_k)
-        return orjson.dumps(
-            {"predictions": predictions, "model": self.name}, option=orjson.OPT_SERIALIZE_NUMPY
-        )
+        """The simple protocol's response bytes (blocking when there is a postprocess hook)."""
+        if self.hooks is None or self.postprocess_hook is None:
+            return _response(self.postprocess(outputs, decoded.top_k), self.name)
+        predictions = run_postprocess(self.hooks, outputs, decoded.size, self.decoder.translate)
+        try:
+            return _response(predictions, self.name)
+        except orjson.JSONEncodeError as exc:
+            log.error("the postprocess hook of %s returned non-JSON: %s", self.hooks.source, exc)
+            raise HookFailure("the postprocess hook failed; the server log has details") from None
 
     def describe(self) -> dict[str, Any]:
         """Metadata for ``GET /models/{name}``."""
@@ -145,6 +193,10 @@ class InferenceService:
             },
             "signature": self.signature.describe(),
             "labels": self.labels,
+            "output_activation": self.settings.output_activation,
+            "threshold": self.settings.threshold,
+            "images": self.images.describe() if self.images is not None else None,
+            "handler": self.hooks.source if self.hooks is not None else None,
             "max_instances": self.settings.max_instances,
             "load_seconds": round(self.load_seconds, 3),
         }
@@ -153,6 +205,12 @@ class InferenceService:
         """Finish queued work, then release the inference thread."""
         await self.batcher.stop()
         self.runner.close()
+
+
+def _response(predictions: list[Any], name: str) -> bytes:
+    return orjson.dumps(
+        {"predictions": predictions, "model": name}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
 
 
 def choose_execution(setting: str, largest_batch_s: float) -> str:

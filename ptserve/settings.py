@@ -60,6 +60,49 @@ class Settings(BaseSettings):
     top_k: PositiveInt | None = Field(
         None, description="Return the k best labels with each prediction by default."
     )
+    output_activation: Literal["softmax", "sigmoid", "none"] = Field(
+        "softmax",
+        description="How a classifier's outputs become label scores: softmax (one class), "
+        "sigmoid (independent classes, multi-label) or none (the outputs are scores already).",
+    )
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Multi-label: also return every label whose score reaches this threshold.",
+    )
+    handler: str | None = Field(
+        None,
+        description="User hooks: a path.py file or module[:object] with optional "
+        "preprocess(instances) and postprocess(outputs) functions.",
+    )
+    image_mode: Literal["RGB", "L"] | None = Field(
+        None,
+        description="Colour mode uploaded images are converted to (default: RGB for a 3-channel "
+        "input, L for a 1-channel one).",
+    )
+    image_resize: PositiveInt | None = Field(
+        None,
+        description="Resize an image's shorter side to this many pixels, then centre-crop it to "
+        "the input's height and width (default: resize straight to height and width).",
+    )
+    image_mean: list[float] = Field(
+        default_factory=lambda: [0.0],
+        description="Per-channel mean subtracted from pixels scaled to 0-1 (one value, or one "
+        "per channel, e.g. 0.485 0.456 0.406).",
+    )
+    image_std: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="Per-channel standard deviation pixels are divided by, after the mean.",
+    )
+    image_layout: Literal["CHW", "HWC"] = Field(
+        "CHW", description="Channel order of the model's image input: channels first or last."
+    )
+    max_image_pixels: PositiveInt = Field(
+        25_000_000,
+        description="Largest image (width x height) accepted; bigger ones are refused before "
+        "they are decoded (decompression bombs).",
+    )
     allow_nan: bool = Field(False, description="Accept NaN and Infinity in inputs.")
     max_instances: PositiveInt = Field(1024, description="Most instances in one request.")
     max_batch_size: PositiveInt = Field(
@@ -130,6 +173,20 @@ class Settings(BaseSettings):
         if shape is not None and any(d == 0 or d < -1 for d in shape):
             raise ValueError("dims must be positive, or -1 for a variable dim")
         return shape
+
+    @field_validator("image_std")
+    @classmethod
+    def _check_std(cls, std: list[float]) -> list[float]:
+        if not std or any(v <= 0 for v in std):
+            raise ValueError("standard deviations must be positive")
+        return std
+
+    @field_validator("image_mean")
+    @classmethod
+    def _check_mean(cls, mean: list[float]) -> list[float]:
+        if not mean:
+            raise ValueError("give one mean, or one per channel")
+        return mean
 
     @property
     def model_name(self) -> str:

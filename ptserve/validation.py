@@ -8,29 +8,45 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from annotated_types import Ge, Le, Len
+from annotated_types import Ge, Gt, Le, Len
 from pydantic import (
     AllowInfNan,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
-    PositiveInt,
     Strict,
+    Tag,
     ValidationError,
     create_model,
 )
 
 from ptserve.errors import InvalidInput, InvalidJSON, ServeError
+from ptserve.images import ImageSpec, decode_base64, to_sample
 from ptserve.signature import Signature, TensorSpec, numpy_dtype
 
 MAX_DETAIL = 20
 FLOATS = {"float32", "float64", "float16", "bfloat16"}
+# Tags of the two kinds of instance an image model takes; they never show in error locations.
+VALUES_TAG, IMAGE_TAG = "_values", "_image"
+JSON_VALUE: Any = Any  # an instance for a user's preprocess hook: any JSON value
+
+
+class ImageInstance(BaseModel):
+    """One instance of an image model given as an encoded image."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="A PNG, JPEG, WebP, GIF, BMP or TIFF image in base64.")
 
 
 def scalar_type(dtype: str, allow_nan: bool) -> Any:
     """The Pydantic type of one value of ``dtype``: strict (no "1" for 1), range-checked."""
     if dtype in FLOATS:
-        return Annotated[float, Strict(), AllowInfNan(allow_nan)]
+        if allow_nan:
+            return Annotated[float, Strict(), AllowInfNan(True)]
+        # the dtype's own range: a bigger number would silently become Infinity in the tensor
+        largest = float(np.finfo(numpy_dtype(dtype)).max)
+        return Annotated[float, Strict(), AllowInfNan(False), Ge(-largest), Le(largest)]
     if dtype == "bool":
         return Annotated[bool, Strict()]
     info = np.iinfo(dtype)
@@ -46,13 +62,19 @@ def sample_type(spec: TensorSpec, allow_nan: bool) -> Any:
     return kind
 
 
-def request_model(signature: Signature, max_instances: int, allow_nan: bool) -> type[BaseModel]:
-    """The ``{"instances": [...], "top_k": k}`` model for ``signature``."""
-    if len(signature.inputs) == 1:
-        sample: Any = sample_type(signature.inputs[0], allow_nan)
-    else:
-        fields: Any = {s.name: (sample_type(s, allow_nan), ...) for s in signature.inputs}
-        sample = create_model("Sample", __config__=ConfigDict(extra="forbid"), **fields)
+def request_model(
+    signature: Signature,
+    max_instances: int,
+    allow_nan: bool,
+    images: bool = False,
+    raw: bool = False,
+) -> type[BaseModel]:
+    """The ``{"instances": [...], "top_k": k}`` model for ``signature``; with ``images`` an
+    instance may also be ``{"image": "<base64>"}``; with ``raw`` (for a user's preprocess hook)
+    an instance is any JSON value."""
+    sample: Any = _instance_type(signature, allow_nan, raw)
+    if images and not raw:
+        sample = _or_image(sample)
     example = example_body(signature)
     return create_model(
         "PredictRequest",
@@ -61,8 +83,20 @@ def request_model(signature: Signature, max_instances: int, allow_nan: bool) -> 
             Annotated[list[sample], Len(1, max_instances)],
             Field(description=_describe_instances(signature, max_instances)),
         ),
-        top_k=(PositiveInt | None, Field(None, description="Return the k best labels.")),
+        top_k=(
+            Annotated[int, Strict(), Gt(0)] | None,
+            Field(None, description="Return the k best labels."),
+        ),
     )
+
+
+def _instance_type(signature: Signature, allow_nan: bool, raw: bool) -> Any:
+    if raw:
+        return JSON_VALUE
+    if len(signature.inputs) == 1:
+        return sample_type(signature.inputs[0], allow_nan)
+    fields: Any = {s.name: (sample_type(s, allow_nan), ...) for s in signature.inputs}
+    return create_model("Sample", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def example_body(signature: Signature) -> dict[str, Any]:
@@ -90,18 +124,33 @@ class Decoded:
 class RequestDecoder:
     """Turns a raw JSON body into batched arrays, or a clear ServeError."""
 
-    def __init__(self, signature: Signature, max_instances: int, allow_nan: bool) -> None:
+    def __init__(
+        self,
+        signature: Signature,
+        max_instances: int,
+        allow_nan: bool,
+        images: ImageSpec | None = None,
+        raw: bool = False,
+    ) -> None:
         self.signature = signature
         self.max_instances = max_instances
-        self.model = request_model(signature, max_instances, allow_nan)
+        self.images = images
+        self.model = request_model(
+            signature, max_instances, allow_nan, images=images is not None, raw=raw
+        )
 
-    def decode(self, body: bytes) -> Decoded:
+    def parse(self, body: bytes) -> tuple[list[Any], int | None]:
+        """The validated instances and top_k of a body."""
         try:
             request = self.model.model_validate_json(body)
         except ValidationError as exc:
             raise self.translate(exc) from None
-        instances: list[Any] = request.instances  # type: ignore[attr-defined]
-        top_k: int | None = request.top_k  # type: ignore[attr-defined]
+        return request.instances, request.top_k  # type: ignore[attr-defined]
+
+    def decode(self, body: bytes) -> Decoded:
+        instances, top_k = self.parse(body)
+        if self.images is not None:
+            instances = [self._image(x, i) for i, x in enumerate(instances)]
         if len(self.signature.inputs) == 1:
             columns = [instances]
         else:
@@ -111,8 +160,20 @@ class RequestDecoder:
         ]
         return Decoded(arrays, top_k)
 
-    def translate(self, exc: ValidationError) -> ServeError:
+    def _image(self, instance: Any, index: int) -> Any:
+        if not isinstance(instance, ImageInstance):
+            return instance
+        assert self.images is not None
+        where = f"instances[{index}].image"
+        return to_sample(decode_base64(instance.image, where), self.images, where)
+
+    def translate(self, exc: ValidationError, under: str | None = None) -> ServeError:
+        """A ServeError for a failed validation; ``under`` prefixes locations that lack it."""
         errors = exc.errors(include_url=False)
+        if under is not None:
+            for error in errors:
+                if error["loc"][:1] != (under,):
+                    error["loc"] = (under, *error["loc"])
         for error in errors:
             if error["type"] == "json_invalid":
                 return InvalidJSON(f"malformed JSON: {error['ctx']['error']}")
@@ -196,7 +257,20 @@ def _rectangular(sample: Any) -> bool:
     return True
 
 
+def _or_image(sample: Any) -> Any:
+    """``sample``, or ``{"image": "<base64>"}``, told apart by whether it is an object."""
+    return Annotated[
+        Annotated[sample, Tag(VALUES_TAG)] | Annotated[ImageInstance, Tag(IMAGE_TAG)],
+        Discriminator(_instance_kind),
+    ]
+
+
+def _instance_kind(value: Any) -> str:
+    return IMAGE_TAG if isinstance(value, dict | ImageInstance) else VALUES_TAG
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
+    loc = tuple(p for p in loc if p not in (VALUES_TAG, IMAGE_TAG))
     text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     return text or "body"
 

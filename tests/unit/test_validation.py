@@ -55,6 +55,9 @@ def test_valid_body_becomes_one_batched_array() -> None:
         ("[1, 2]", 'body: must be a JSON object like {"instances": [...]}, got a list of 2 items'),
         ('{"instances": [[1,2,3,4]], "extra": 1}', "extra: unknown field"),
         ('{"instances": [[1,2,3,4]], "top_k": 0}', "top_k"),
+        ('{"instances": [[1,2,3,4]], "top_k": true}', "top_k: expected an integer, got true"),
+        ('{"instances": [[1,2,3,4]], "top_k": "2"}', "top_k: expected an integer, got '2'"),
+        ('{"instances": [[1e39, 2, 3, 4]]}', "instances[0][0]: 1e+39 is out of range for float32"),
     ],
 )
 def test_bad_instances_get_a_message_a_person_understands(body: str, message: str) -> None:

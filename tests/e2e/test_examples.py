@@ -1,0 +1,28 @@
+"""The examples run with one command each."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.conftest import REPO_ROOT, child_env, stop_process
+
+EXAMPLE_TIMEOUT_S = 120
+
+
+def test_image_classifier_example_trains_exports_serves_and_classifies(tmp_path: Path) -> None:
+    script = REPO_ROOT / "examples" / "image_classifier" / "run.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--out", str(tmp_path), "--epochs", "3"],
+        cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,  # its server goes with it when stopped
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=EXAMPLE_TIMEOUT_S)
+    finally:
+        stop_process(process)
+    assert process.returncode == 0, stderr
+    assert (tmp_path / "digits_cnn.pt2").is_file()
+    answers = re.findall(r"^\d+-digit-(\d)\.png: predicted (\d)$", stdout, re.MULTILINE)
+    assert len(answers) == 8
+    assert sum(truth == label for truth, label in answers) >= 6, stdout

@@ -1,0 +1,109 @@
+"""User hooks over HTTP: custom instances in, custom predictions out, clear errors."""
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ptserve.observability import context
+from ptserve.settings import EXAMPLE_MODEL
+from tests.conftest import serving
+
+pytestmark = pytest.mark.anyio
+
+
+class RequestIds(logging.Handler):
+    """Records each log message with the request id in force when it was logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), context.request_id.get()))
+
+
+@pytest.fixture
+def request_ids() -> Iterator[RequestIds]:
+    handler = RequestIds()
+    logging.getLogger("ptserve").addHandler(handler)
+    yield handler
+    logging.getLogger("ptserve").removeHandler(handler)
+
+
+def adder(folder: Path) -> Path:
+    """x, y -> x + y, as a pickled nn.Linear."""
+    net = nn.Sequential(nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()
+    torch.save(net, folder / "adder.pt")
+    return folder / "adder.pt"
+
+
+async def test_hooks_shape_requests_and_predictions(tmp_path: Path) -> None:
+    points = [{"x": 1, "y": 2}, {"x": 3.5, "y": 4}]
+    async with serving(adder(tmp_path), handler="tests.hooks_example") as client:
+        response = await client.post("/predict", json={"instances": points})
+        meta = (await client.get("/models/adder")).json()
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == [{"sum": 3.0}, {"sum": 7.5}]
+    assert meta["handler"] == "tests.hooks_example"
+
+
+HOOK_ERRORS = [
+    ([{"x": "a", "y": 1}], 422, "invalid_input", "instances[0].x: expected a number, got 'a'"),
+    (["nope"], 422, "invalid_input", "'nope' is not a point"),
+    ([{"x": 1, "y": 2}, "boom"], 500, "hook_error", "the preprocess hook failed"),
+    ([{"x": 6, "y": 7}], 500, "hook_error", "the postprocess hook failed"),
+]
+
+
+@pytest.mark.parametrize(("instances", "status", "code", "message"), HOOK_ERRORS)
+async def test_hook_errors(
+    tmp_path: Path,
+    request_ids: RequestIds,
+    instances: list[object],
+    status: int,
+    code: str,
+    message: str,
+) -> None:
+    async with serving(adder(tmp_path), handler="tests.hooks_example") as client:
+        response = await client.post(
+            "/predict", json={"instances": instances}, headers={"x-request-id": "req-42"}
+        )
+        after = await client.post("/predict", json={"instances": [{"x": 1, "y": 1}]})
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
+    assert message in response.json()["error"]
+    assert after.json()["predictions"] == [{"sum": 2.0}]
+    if status == 500:
+        hook_lines = ("the preprocess hook", "the postprocess hook")
+        logged = [rid for msg, rid in request_ids.seen if msg.startswith(hook_lines)]
+        assert logged == ["req-42"]  # the cause is logged with the request id
+
+
+ZERO = [
+    "   ##   ",
+    "  ####  ",
+    "  #  ## ",
+    "  #  ## ",
+    "  #  ## ",
+    "  #  ## ",
+    "  # ##  ",
+    "   ##   ",
+]
+
+
+async def test_the_worked_example_handler() -> None:
+    handler = str(Path(__file__).resolve().parents[2] / "examples" / "hooks" / "handler.py")
+    async with serving(EXAMPLE_MODEL, handler=handler) as client:
+        response = await client.post("/predict", json={"instances": [ZERO]})
+        short = await client.post("/predict", json={"instances": [ZERO[:7]]})
+    (prediction,) = response.json()["predictions"]
+    assert prediction["digit"] == "0"
+    assert prediction["sure"] is True
+    assert short.status_code == 422
+    assert short.json()["error"] == "instances[0]: expected 8 values, got 7"
