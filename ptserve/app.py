@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         # ptserve makes its own request spans (with queue and inference children), and its
         # own Prometheus metrics; FastAPI's built-in OpenTelemetry would duplicate them.
-        telemetry={"tracing": False, "metrics": False},
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.state.hot_routes = []
@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def configure_threads(settings: Settings) -> None:
     """Torch intra-op threads: cores / workers by default, so N workers don't over-subscribe."""
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers - 1)
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
         torch.set_num_interop_threads(1)

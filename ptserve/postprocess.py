@@ -92,9 +92,8 @@ class Postprocessor:
 
     def _labelled(self, logits: np.ndarray[Any, Any], top_k: int | None) -> list[Any]:
         assert self.labels is not None
-        finite = np.isfinite(logits).all(axis=-1)
-        if not finite.all():  # a label picked from NaN scores would be made up
-            i = int(np.argmin(finite))
+        if not np.isfinite(logits).all():  # a label picked from NaN scores would be made up
+            i = int(np.argmin(np.isfinite(logits).all(axis=-1)))
             raise InvalidInput(
                 f"instances[{i}]: the model's output for this input is not finite (NaN or "
                 "Infinity); the input is outside the range the model computes on"

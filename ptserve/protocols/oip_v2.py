@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 
 from ptserve import __version__
 from ptserve.errors import InvalidHeader, ModelNotFound, UnsupportedMediaType
-from ptserve.protocols.common import add_hot_route, cancelled_on_disconnect, request_timeout
+from ptserve.protocols.common import add_hot_route, cancelled_on_disconnect, header, request_timeout
 from ptserve.protocols.oip_tensors import (
     DATATYPES,
     HEADER_LENGTH,
@@ -27,6 +27,7 @@ from ptserve.service import InferenceService
 from ptserve.signature import DTYPE_NAMES, TensorSpec, numpy_dtype
 
 MODEL_VERSION = "1"  # a served model has exactly one version
+HEADER_LENGTH_KEY = HEADER_LENGTH.encode()
 EXTENSIONS = ["binary_tensor_data"]
 TAG = "Open Inference Protocol (V2)"
 NOT_READY = error_responses({503: "Loading or draining"})
@@ -106,7 +107,7 @@ async def model_ready(name: str, request: Request) -> dict[str, Any]:
 async def infer(request: Request) -> Response:
     """Run one inference request: JSON, or binary when Inference-Header-Content-Length is set."""
     service = _service(request)
-    encoding = request.headers.get("content-encoding", "identity").lower()
+    encoding = (header(request, b"content-encoding") or "identity").lower()
     if encoding != "identity":
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
@@ -154,7 +155,7 @@ def _service(request: Request) -> InferenceService:
 
 
 def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
+    raw = header(request, HEADER_LENGTH_KEY)
     if raw is None:
         return None
     if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_DIGITS):

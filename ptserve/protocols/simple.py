@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI, Request, Response
 
 from ptserve.errors import EmptyBody, UnsupportedMediaType
-from ptserve.protocols.common import add_hot_route, cancelled_on_disconnect, request_timeout
+from ptserve.protocols.common import add_hot_route, cancelled_on_disconnect, header, request_timeout
 from ptserve.protocols.schemas import error_responses
 from ptserve.protocols.uploads import read_uploads
 from ptserve.service import InferenceService
@@ -31,7 +31,7 @@ def install(app: FastAPI) -> None:
 
 async def predict(request: Request) -> Response:
     service = _service(request)
-    content_type = request.headers.get("content-type", "application/json")
+    content_type = header(request, b"content-type") or "application/json"
     media = content_type.split(";", 1)[0].strip().lower()
     if media == MULTIPART:
         return await predict_uploads(request, service)
