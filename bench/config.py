@@ -21,7 +21,7 @@ class PtserveConfig:
 PTSERVE_CONFIGS: tuple[PtserveConfig, ...] = (
     # Like the baselines, no access log; everything else at its default.
     PtserveConfig("ptserve", ("--no-access-log",)),
-    PtserveConfig("ptserve-t1", ("--no-access-log", "--torch-threads", "1")),
+    PtserveConfig("ptserve-t2", ("--no-access-log", "--torch-threads", "2")),
     PtserveConfig("ptserve-w2", ("--no-access-log", "--workers", "2"), default=False),
 )
 

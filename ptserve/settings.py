@@ -130,7 +130,8 @@ class Settings(BaseSettings):
         "full batch takes under 1 ms at warm-up.",
     )
     torch_threads: PositiveInt | None = Field(
-        None, description="Torch intra-op threads per worker (default: cores / workers)."
+        None,
+        description="Torch intra-op threads per worker (default: cores / workers - 1, at least 1).",
     )
     trust_modules: list[str] = Field(
         default_factory=list,
