@@ -158,3 +158,17 @@ class InvalidForm(ServeError):
 
     status_code = 400
     code = "invalid_form"
+
+
+def describe_value(value: Any) -> str:
+    """A JSON value as an error message names it: `a list of 3 items`, `null`, `'abc'`."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -21,7 +21,7 @@ from pydantic import (
     create_model,
 )
 
-from ptserve.errors import InvalidInput, InvalidJSON, ServeError
+from ptserve.errors import InvalidInput, InvalidJSON, ServeError, describe_value
 from ptserve.images import ImageSpec, decode_base64, to_sample
 from ptserve.signature import Signature, TensorSpec, numpy_dtype
 
@@ -197,13 +197,13 @@ class RequestDecoder:
             expected = ctx.get("min_length", ctx.get("max_length"))
             return f"expected {expected} values, got {ctx['actual_length']}"
         if kind == "list_type":
-            return f"expected a list, got {_describe(value)}"
+            return f"expected a list, got {describe_value(value)}"
         if kind in ("float_type", "float_parsing"):
-            return f"expected a number, got {_describe(value)}"
+            return f"expected a number, got {describe_value(value)}"
         if kind in ("int_type", "int_parsing", "int_from_float"):
-            return f"expected an integer, got {_describe(value)}"
+            return f"expected an integer, got {describe_value(value)}"
         if kind in ("bool_type", "bool_parsing"):
-            return f"expected true or false, got {_describe(value)}"
+            return f"expected true or false, got {describe_value(value)}"
         if kind == "finite_number":
             return "NaN and Infinity are not allowed (see the allow_nan setting)"
         if kind in ("greater_than_equal", "less_than_equal"):
@@ -214,7 +214,7 @@ class RequestDecoder:
             return "unknown field"
         if kind in ("model_type", "model_attributes_type", "dict_type"):
             like = "" if error["loc"] else ' like {"instances": [...]}'
-            return f"must be a JSON object{like}, got {_describe(value)}"
+            return f"must be a JSON object{like}, got {describe_value(value)}"
         return str(error["msg"])
 
     def _dtype(self, loc: tuple[Any, ...]) -> str:
@@ -273,19 +273,6 @@ def _loc(loc: tuple[Any, ...]) -> str:
     loc = tuple(p for p in loc if p not in (VALUES_TAG, IMAGE_TAG))
     text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     return text or "body"
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, list):
-        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
-    if isinstance(value, dict):
-        return "an object"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _describe_instances(signature: Signature, max_instances: int) -> str:

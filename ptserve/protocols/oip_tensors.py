@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ptserve.errors import InvalidHeader, InvalidJSON, InvalidTensor, ModelFailure
+from ptserve.errors import (
+    InvalidHeader,
+    InvalidJSON,
+    InvalidTensor,
+    ModelFailure,
+    describe_value,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES: dict[str, str] = {
@@ -101,12 +107,14 @@ def decode_request(
     request = _object(parsed, "the request")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidTensor(f"id: expected a string, got {_describe(request_id)}")
+        raise InvalidTensor(f"id: expected a string, got {describe_value(request_id)}")
     parameters = _object(request.get("parameters", {}), "parameters")
     binary_outputs = _flag(parameters, "binary_data_output", "parameters")
     entries = request.get("inputs")
     if not isinstance(entries, list) or not entries:
-        raise InvalidTensor(f"inputs: expected a list of input tensors, got {_describe(entries)}")
+        raise InvalidTensor(
+            f"inputs: expected a list of input tensors, got {describe_value(entries)}"
+        )
     index = {spec.name: i for i, spec in enumerate(inputs)}
     arrays: list[Array | None] = [None] * len(inputs)
     offset = header_length
@@ -239,7 +247,7 @@ def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: s
     if values.size and values.dtype.kind not in ACCEPTED_KINDS[kind]:
         raise InvalidTensor(
             f"{where}: {spec.datatype} data must be {KIND_WORDS[kind]}, "
-            f"got {_describe(values.reshape(-1)[:1].tolist()[0])}"
+            f"got {describe_value(values.reshape(-1)[:1].tolist()[0])}"
         )
     if values.size != count:
         raise InvalidTensor(f"{where}: data has {values.size} values; shape {shape} needs {count}")
@@ -258,7 +266,7 @@ def _shape(shape: Any, spec: WireSpec, where: str, max_batch: int) -> list[int]:
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise InvalidTensor(f"{where}: shape must be a list of sizes, got {_describe(shape)}")
+        raise InvalidTensor(f"{where}: shape must be a list of sizes, got {describe_value(shape)}")
     expected = [-1, *spec.shape]
     fits = len(shape) == len(expected) and all(
         want in (-1, got) for want, got in zip(expected, shape, strict=True)
@@ -280,7 +288,7 @@ def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> li
     if not isinstance(requested, list) or not requested:
         raise InvalidTensor(
             f"outputs: expected a list of requested outputs (or none for all of them), "
-            f"got {_describe(requested)}"
+            f"got {describe_value(requested)}"
         )
     chosen: list[RequestedOutput] = []
     for position, raw in enumerate(requested):
@@ -304,14 +312,14 @@ def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> li
 
 def _object(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidTensor(f"{where}: expected a JSON object, got {_describe(value)}")
+        raise InvalidTensor(f"{where}: expected a JSON object, got {describe_value(value)}")
     return value
 
 
 def _flag(parameters: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
     value = parameters.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidTensor(f"{where}: {key} must be true or false, got {_describe(value)}")
+        raise InvalidTensor(f"{where}: {key} must be true or false, got {describe_value(value)}")
     return value
 
 
@@ -321,14 +329,3 @@ def _names(inputs: Sequence[WireSpec]) -> str:
 
 def _quoted(names: Sequence[str]) -> str:
     return ", ".join(f"'{name}'" for name in names)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, list):
-        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
-    if isinstance(value, dict):
-        return "an object"
-    if value is None:
-        return "nothing"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Error, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
+from tests.e2e.browser import chromium_page
 from tests.e2e.conftest import Server, running_ptserve
-from tests.e2e.test_docs_browser import CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS
 from tests.images import encoded, save_colour_model
 
 
@@ -23,21 +23,8 @@ def colour_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def page(colour_server: Server) -> Iterator[Page]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"no browser at {CHROMIUM}")
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-            )
-        except Error as exc:
-            pytest.skip(f"chromium cannot start here: {exc.message.splitlines()[0]}")
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        yield page
 
 
 def test_uploading_an_image_shows_its_label_and_latency(

@@ -164,7 +164,7 @@ def with_input(index: int, **changes: Any) -> dict[str, Any]:
 
 BAD_REQUESTS: list[tuple[dict[str, Any], type[ServeError], str]] = [
     ({"inputs": []}, InvalidTensor, "inputs: expected a list of input tensors"),
-    ({}, InvalidTensor, "inputs: expected a list of input tensors, got nothing"),
+    ({}, InvalidTensor, "inputs: expected a list of input tensors, got null"),
     ({"inputs": [1]}, InvalidTensor, "inputs[0]: expected a JSON object, got 1"),
     ({"inputs": [*GOOD, {"name": "other"}]}, InvalidTensor, "unknown input 'other'; the model takes 'image', 'extra'"),
     ({"inputs": [GOOD[0], GOOD[0]]}, InvalidTensor, "input 'image' is given twice"),
@@ -180,7 +180,7 @@ BAD_REQUESTS: list[tuple[dict[str, Any], type[ServeError], str]] = [
     (with_input(0, data=[1.0] * 11), InvalidTensor, "data has 11 values; shape [2, 2, 3] needs 12"),
     (with_input(0, data=[[1.0, 2.0], [3.0]]), InvalidTensor, "nested unevenly"),
     (with_input(0, data=["1"] * 12), InvalidTensor, "FP32 data must be numbers, got '1'"),
-    (with_input(0, data=[True] * 12), InvalidTensor, "FP32 data must be numbers, got True"),
+    (with_input(0, data=[True] * 12), InvalidTensor, "FP32 data must be numbers, got true"),
     (with_input(0, data=[None] * 12), InvalidTensor, "FP32 data must be numbers"),
     (with_input(1, data=[1.5] * 6), InvalidTensor, "INT64 data must be integers, got 1.5"),
     (with_input(1, data=[2**63] * 6), InvalidTensor, "9223372036854775808 is out of range for INT64"),

@@ -1,0 +1,91 @@
+"""A restricted unpickler for pickles that torch's weights-only unpickler cannot read (fastai
+exports fill a ``defaultdict``, which it refuses).
+
+It keeps the weights-only rules that matter: a global is only what the allowlist maps its name
+to, and only allowlisted objects are ever *called* (REDUCE, NEWOBJ). An attribute fetched or a
+method bound while unpickling is data: it can be stored, never called, by the unpickler.
+Protocol 0/1 instance opcodes (INST, OBJ), which call what they find, are refused outright.
+"""
+
+import _compat_pickle
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle tried something the allowlist does not permit."""
+
+
+def restricted_load(path: Path, allowed: Mapping[str, object]) -> Any:
+    """``torch.load`` of ``path`` where globals resolve through ``allowed`` only.
+
+    ``allowed`` maps ``module.name`` to the object that name stands for (possibly a safer
+    stand-in); torch's own weights-only globals are added to it.
+    """
+    table = {**torch._weights_only_unpickler._get_allowed_globals(), **allowed}
+    callables = {id(obj): obj for obj in table.values() if callable(obj)}
+
+    class Unpickler(_RestrictedUnpickler):
+        globals_table = table
+        callable_ids = callables
+
+    module = SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="ptserve-restricted")
+    return torch.load(path, weights_only=False, pickle_module=module, map_location="cpu")
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """The pure-Python unpickler (its opcodes can be overridden one by one), restricted."""
+
+    globals_table: Mapping[str, object] = {}
+    callable_ids: Mapping[int, object] = {}
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3 and (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif self.proto < 3 and module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        full = f"{module}.{name}"
+        if full not in self.globals_table:
+            raise RefusedPickle(f"refused global {full}")
+        return self.globals_table[full]
+
+    def _callable(self, func: object) -> Callable[..., Any]:
+        if self.callable_ids.get(id(func)) is not func:
+            raise RefusedPickle(f"refused to call {_name(func)}: it is not on the allowlist")
+        assert callable(func)
+        return func
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        self.stack[-1] = self._callable(self.stack[-1])(*args)
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self._callable(self.stack.pop())
+        self.append(cls.__new__(cls, *args))  # type: ignore[call-overload]
+
+    def load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self._callable(self.stack.pop())
+        self.append(cls.__new__(cls, *args, **kwargs))  # type: ignore[call-overload]
+
+    def load_refused(self) -> None:
+        raise RefusedPickle("refused a protocol 0/1 instance opcode (INST or OBJ)")
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.INST[0]] = load_refused
+    dispatch[pickle.OBJ[0]] = load_refused
+
+
+def _name(obj: object) -> str:
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return f"{module}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
