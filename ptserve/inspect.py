@@ -15,6 +15,8 @@ SAFETY = {
     "safetensors": "weights only, no pickle at all (needs --model-class); preferred",
     "torchscript": "a TorchScript program: no Python pickle; preferred",
     "export": "a torch.export program: no Python pickle, carries its signature; preferred",
+    "fastai": "a fastai Learner (learn.export()): unpickled with an allowlist of fastai classes "
+    "and safe helpers, plus --trust-module modules",
 }
 
 

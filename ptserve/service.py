@@ -75,7 +75,7 @@ class InferenceService:
         loaded = load_model(settings)
         runner = Runner(loaded.model, settings.device, loaded.signature)
         name = settings.model_name
-        hooks = load_hooks(settings.handler) if settings.handler else None
+        hooks = load_hooks(settings.handler) if settings.handler else loaded.hooks
         try:  # what fails from here on is about this model file: say which
             signature = runner.probe(loaded.signature, settings.output_names)
             labels_path = find_labels(settings.model_path, settings.labels)

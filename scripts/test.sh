@@ -9,6 +9,11 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 # requirements.txt pins the CPU torch wheel; without it pip would pick a multi-GB CUDA build.
 python -m pip install -q --disable-pip-version-check -r requirements.txt -e '.[test]'
+# The fastai extra, with --no-deps: fastai's own requirements would swap torch for a CUDA build.
+python -m pip install -q --disable-pip-version-check --no-deps \
+  fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 \
+  plum-dispatch==2.9.0 beartype==0.23.1 pandas==3.1.1 python-dateutil==2.9.0.post0
+python -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
 
 ruff check .
 ruff format --check .

@@ -1,11 +1,12 @@
 """Load a model file once: detect its format, check it is safe, resolve its input signature."""
 
 import hashlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +15,9 @@ from ptserve.loading.detect import detect_format
 from ptserve.loading.formats import LOADERS
 from ptserve.settings import ModelFormat, Settings
 from ptserve.signature import DTYPE_NAMES, Signature, TensorSpec, read_example
+
+if TYPE_CHECKING:
+    from ptserve.hooks import Hooks
 
 log = logging.getLogger("ptserve")
 
@@ -36,6 +40,7 @@ class LoadedModel:
     facts: FileFacts
     signature: Signature
     parameters: int
+    hooks: "Hooks | None" = None  # built-in pre- and post-processing (fastai learners)
 
 
 def inspect_file(path: Path, forced: ModelFormat | None = None) -> FileFacts:
@@ -54,8 +59,14 @@ def load_model(settings: Settings) -> LoadedModel:
     """Load ``settings.model_path`` onto ``settings.device``, in eval mode."""
     facts = inspect_file(settings.model_path, settings.format)
     device = _device(settings.device)
+    hooks = None
+    model: Callable[..., Any]
+    carried: Signature | None
     try:
-        model, carried = LOADERS[facts.format](facts.path, settings)
+        if facts.format == "fastai":
+            model, carried, hooks = _load_fastai(facts.path, settings)
+        else:
+            model, carried = LOADERS[facts.format](facts.path, settings)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -69,7 +80,29 @@ def load_model(settings: Settings) -> LoadedModel:
     log.info(
         "loaded %s (%s) on %s; inputs from %s", facts.path, facts.format, device, signature.source
     )
-    return LoadedModel(model, facts, signature, _parameter_count(model))
+    return LoadedModel(model, facts, signature, _parameter_count(model), hooks)
+
+
+def _load_fastai(path: Path, settings: Settings) -> tuple[torch.nn.Module, Signature, "Hooks"]:
+    """A fastai export's model, signature and built-in hooks (imports fastai, lazily)."""
+    if importlib.util.find_spec("fastai") is None:
+        raise ModelLoadError(
+            f"{path}: a fastai export, but fastai is not installed; install the fastai extra "
+            "(see the README)"
+        )
+    from ptserve.fastai_tabular import tabular_parts
+    from ptserve.loading.fastai import load_learner_safely
+
+    if settings.unsafe_pickle:
+        log.warning("loading %s with --unsafe-pickle: the file can run any code", path)
+        learn = torch.load(path, weights_only=False, map_location="cpu")
+    else:
+        learn = load_learner_safely(path, [*settings.trust_modules, *_class_module(settings)])
+    return tabular_parts(learn, str(path))
+
+
+def _class_module(settings: Settings) -> list[str]:
+    return [settings.model_class.partition(":")[0]] if settings.model_class else []
 
 
 def resolve_signature(

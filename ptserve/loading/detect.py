@@ -49,7 +49,10 @@ def _zip_format(path: Path) -> ModelFormat:
     if "constants.pkl" in inner and any(n.startswith("code/") for n in inner):
         return "torchscript"
     if "data.pkl" in inner:
-        return "state_dict" if not pickle_globals(path) else "pickle"
+        names = pickle_globals(path)
+        if any(name.startswith("fastai.") for name in names):
+            return "fastai"
+        return "pickle" if names else "state_dict"
     raise ModelLoadError(f"{path}: a zip archive, but not one torch wrote")
 
 

@@ -12,7 +12,7 @@ import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,23 +27,37 @@ def restricted_load(path: Path, allowed: Mapping[str, object]) -> Any:
     ``allowed`` maps ``module.name`` to the object that name stands for (possibly a safer
     stand-in); torch's own weights-only globals are added to it.
     """
-    table = {**torch._weights_only_unpickler._get_allowed_globals(), **allowed}
-    callables = {id(obj): obj for obj in table.values() if callable(obj)}
-
-    class Unpickler(_RestrictedUnpickler):
-        globals_table = table
-        callable_ids = callables
-
-    module = SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="ptserve-restricted")
+    module = SimpleNamespace(
+        Unpickler=unpickler_class(allowed), load=pickle.load, __name__="ptserve-restricted"
+    )
     return torch.load(path, weights_only=False, pickle_module=module, map_location="cpu")
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
-    """The pure-Python unpickler (its opcodes can be overridden one by one), restricted."""
+def unpickler_class(allowed: Mapping[str, object]) -> type:
+    """The restricted Unpickler class for ``allowed`` plus torch's weights-only globals."""
+    table = {**torch._weights_only_unpickler._get_allowed_globals(), **allowed}
 
-    globals_table: Mapping[str, object] = {}
-    callable_ids: Mapping[int, object] = {}
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    class Unpickler(_RestrictedUnpickler):
+        globals_table = table
+        callable_ids: ClassVar[Mapping[int, object]] = {
+            id(obj): obj for obj in table.values() if callable(obj)
+        }
+        global_ids = frozenset(id(obj) for obj in table.values())
+
+    return Unpickler
+
+
+# The pure-Python unpickler: unlike the C one, its opcodes can be overridden one by one.
+_PurePythonUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined,unused-ignore]
+
+
+class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
+    """The pure-Python unpickler, restricted."""
+
+    globals_table: ClassVar[Mapping[str, object]] = {}
+    callable_ids: ClassVar[Mapping[int, object]] = {}
+    global_ids: ClassVar[frozenset[int]] = frozenset()
+    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(_PurePythonUnpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         if self.proto < 3 and (module, name) in _compat_pickle.NAME_MAPPING:
@@ -55,10 +69,9 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc
             raise RefusedPickle(f"refused global {full}")
         return self.globals_table[full]
 
-    def _callable(self, func: object) -> Callable[..., Any]:
+    def _callable(self, func: object) -> Any:
         if self.callable_ids.get(id(func)) is not func:
             raise RefusedPickle(f"refused to call {_name(func)}: it is not on the allowlist")
-        assert callable(func)
         return func
 
     def load_reduce(self) -> None:
@@ -68,17 +81,25 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc
     def load_newobj(self) -> None:
         args = self.stack.pop()
         cls = self._callable(self.stack.pop())
-        self.append(cls.__new__(cls, *args))  # type: ignore[call-overload]
+        self.append(cls.__new__(cls, *args))
 
     def load_newobj_ex(self) -> None:
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self._callable(self.stack.pop())
-        self.append(cls.__new__(cls, *args, **kwargs))  # type: ignore[call-overload]
+        self.append(cls.__new__(cls, *args, **kwargs))
+
+    def load_build(self) -> None:
+        # BUILD sets attributes on the object under its state; on an allowlisted global (a
+        # class, a function) that would rewrite code the whole process shares.
+        if id(self.stack[-2]) in self.global_ids:
+            raise RefusedPickle(f"refused to set attributes on {_name(self.stack[-2])}")
+        super().load_build()
 
     def load_refused(self) -> None:
         raise RefusedPickle("refused a protocol 0/1 instance opcode (INST or OBJ)")
 
+    dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex

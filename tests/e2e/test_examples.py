@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import REPO_ROOT, child_env, stop_process
 
 EXAMPLE_TIMEOUT_S = 120
@@ -26,3 +28,22 @@ def test_image_classifier_example_trains_exports_serves_and_classifies(tmp_path:
     answers = re.findall(r"^\d+-digit-(\d)\.png: predicted (\d)$", stdout, re.MULTILINE)
     assert len(answers) == 8
     assert sum(truth == label for truth, label in answers) >= 6, stdout
+
+
+def test_fastai_tabular_example_trains_exports_serves_and_predicts(tmp_path: Path) -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    script = REPO_ROOT / "examples" / "fastai_tabular" / "run.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--out", str(tmp_path)],
+        cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,  # its server goes with it when stopped
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=EXAMPLE_TIMEOUT_S)
+    finally:
+        stop_process(process)
+    assert process.returncode == 0, stderr
+    assert (tmp_path / "export.pkl").is_file()
+    answers = re.findall(r"truth (\w+), predicted (\w+) \(", stdout)
+    assert len(answers) == 5, stdout
+    assert sum(truth == label for truth, label in answers) >= 4, stdout

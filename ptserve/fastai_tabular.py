@@ -1,0 +1,167 @@
+"""Serve a fastai tabular Learner: rows of named columns in, the decoded class and its
+probabilities out, batched.
+
+The Learner's own pieces do the work, so a prediction is what ``learn.predict(row)`` gives:
+``learn.dls.test_dl`` applies the training-time procs (Categorify, FillMissing, Normalize) to a
+request's rows, ``learn.model`` (an ``nn.Module`` taking ``(x_cat, x_cont)``) runs in ptserve's
+batcher like any model, and ``learn.loss_func``'s ``activation`` and ``decodes`` turn its outputs
+into probabilities and a class. Both ends are built-in hooks (``ptserve.hooks``).
+"""
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptserve.errors import InvalidInput, ModelLoadError
+from ptserve.hooks import Arrays, Hooks
+from ptserve.signature import Signature, TensorSpec
+
+NA_CATEGORY = "#na#"
+
+
+def tabular_parts(learn: Any, source: str) -> tuple[torch.nn.Module, Signature, Hooks]:
+    """The model, its signature and its hooks for a tabular Learner; ModelLoadError for another
+    kind of Learner."""
+    dls = learn.dls
+    if not hasattr(dls, "cat_names") or not hasattr(dls, "cont_names"):
+        raise ModelLoadError(
+            f"{source}: a fastai {type(learn).__name__} with {type(dls).__name__}; ptserve serves "
+            "fastai tabular learners (vision learners need torchvision, which is not supported "
+            "next to this torch build)"
+        )
+    tabular = TabularLearner(learn)
+    signature = Signature(
+        (
+            TensorSpec("x_cat", "int64", (len(dls.cat_names),)),
+            TensorSpec("x_cont", "float32", (len(dls.cont_names),)),
+        ),
+        source="fastai tabular learner",
+    )
+    hooks = Hooks("fastai tabular learner", tabular.preprocess, tabular.postprocess)
+    return learn.model, signature, hooks
+
+
+@dataclass
+class TabularLearner:
+    """Validates rows against a tabular Learner's columns and decodes its outputs."""
+
+    learn: Any
+    categorical: dict[str, list[Any]] = field(init=False)
+    continuous: list[str] = field(init=False)
+    vocab: list[str] | None = field(init=False)
+    lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        dls = self.learn.dls
+        procs = dls.procs
+        # FillMissing adds "<col>_na" categorical columns itself; a request does not send them
+        added = {f"{n}_na" for n in getattr(getattr(procs, "fill_missing", None), "na_dict", {})}
+        classes = getattr(getattr(procs, "categorify", None), "classes", {})
+        self.categorical = {
+            n: [c for c in classes.get(n, []) if c != NA_CATEGORY]
+            for n in dls.cat_names
+            if n not in added
+        }
+        self.continuous = list(dls.cont_names)
+        vocab = getattr(dls, "vocab", None)
+        self.vocab = [str(v) for v in vocab] if vocab is not None else None
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns a request's instance must have: categorical, then continuous."""
+        return [*self.categorical, *self.continuous]
+
+    def preprocess(self, instances: list[Any]) -> Arrays:
+        """Rows (``{"column": value}``) -> ``[x_cat int64, x_cont float32]``, batched."""
+        import pandas as pd
+
+        for i, row in enumerate(instances):
+            self.check_row(row, f"instances[{i}]")
+        frame = pd.DataFrame(instances, columns=self.columns)
+        with self.lock:  # fastai's procs were written for one caller at a time
+            processed = self.learn.dls.test_dl(frame).dataset
+        return [
+            np.asarray(processed.cats.to_numpy(), dtype=np.int64).reshape(len(frame), -1),
+            np.asarray(processed.conts.to_numpy(), dtype=np.float32).reshape(len(frame), -1),
+        ]
+
+    def check_row(self, row: Any, where: str) -> None:
+        """InvalidInput naming the instance and column for a missing, unknown or mistyped one."""
+        if not isinstance(row, dict):
+            raise InvalidInput(
+                f"{where}: expected an object of columns like {{{_columns(self.columns)}}}, "
+                f"got {_describe(row)}"
+            )
+        missing = [c for c in self.columns if c not in row]
+        if missing:
+            raise InvalidInput(f"{where}: missing column(s) {', '.join(map(repr, missing))}")
+        unknown = [c for c in row if c not in self.categorical and c not in self.continuous]
+        if unknown:
+            raise InvalidInput(
+                f"{where}: unknown column(s) {', '.join(map(repr, unknown))}; the learner's "
+                f"columns are {', '.join(map(repr, self.columns))}"
+            )
+        for name in self.continuous:
+            value = row[name]
+            if not _number(value) or not math.isfinite(value):
+                raise InvalidInput(f"{where}.{name}: expected a number, got {_describe(value)}")
+        for name, categories in self.categorical.items():
+            value = row[name]
+            if not categories:  # nothing seen in training: any category maps to #na#
+                if not isinstance(value, str) and not _number(value):
+                    raise InvalidInput(
+                        f"{where}.{name}: expected a category, got {_describe(value)}"
+                    )
+                continue
+            textual = all(isinstance(c, str) for c in categories)
+            if textual and not isinstance(value, str):
+                raise InvalidInput(
+                    f"{where}.{name}: expected a category (a string such as "
+                    f"{categories[0]!r}), got {_describe(value)}"
+                )
+            if not textual and not _number(value):
+                raise InvalidInput(f"{where}.{name}: expected a number, got {_describe(value)}")
+
+    def postprocess(self, outputs: Arrays) -> list[Any]:
+        """The model's outputs -> ``{"label", "probabilities"}`` per row (classifiers), or
+        ``{"prediction": [...]}`` (regression), decoded as ``learn.predict`` decodes them."""
+        loss = self.learn.loss_func
+        raw = torch.from_numpy(outputs[0])
+        probs = getattr(loss, "activation", lambda x: x)(raw)
+        decoded = getattr(loss, "decodes", lambda x: x)(probs)
+        if self.vocab is None:
+            return [{"prediction": row.tolist()} for row in decoded]
+        vocab = self.vocab
+        predictions: list[Any] = []
+        for p, d in zip(probs.tolist(), decoded, strict=True):
+            scores = dict(zip(vocab, p, strict=True))
+            if d.dim() == 0:
+                predictions.append({"label": vocab[int(d)], "probabilities": scores})
+            else:  # multi-label: every label the loss decodes as present
+                labels = [v for v, on in zip(vocab, d.tolist(), strict=True) if on]
+                predictions.append({"labels": labels, "probabilities": scores})
+        return predictions
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _columns(names: list[str]) -> str:
+    return ", ".join(f'"{n}": ...' for n in names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    return repr(value)

@@ -1,0 +1,80 @@
+"""A fastai tabular export over HTTP: batched predictions equal ``learn.predict`` row by row."""
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import serving
+
+fastai = pytest.importorskip(
+    "fastai", reason="needs the fastai extra (scripts/test.sh installs it)"
+)
+
+from tests.fastai_learners import TabularExport, train_tabular  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="session")
+def tabular(tmp_path_factory: pytest.TempPathFactory) -> TabularExport:
+    return train_tabular(tmp_path_factory.mktemp("fastai"))
+
+
+def predict_one(learn: Any, row: dict[str, Any]) -> tuple[str, list[float]]:
+    import pandas as pd
+
+    with learn.no_bar():
+        _, index, probs = learn.predict(pd.Series(row))
+    return str(learn.dls.vocab[int(index)]), probs.tolist()
+
+
+async def test_batched_predictions_equal_learn_predict(tabular: TabularExport) -> None:
+    assert len(tabular.rows) == 10
+    async with serving(tabular.path) as client:
+        response = await client.post("/predict", json={"instances": tabular.rows})
+        meta = (await client.get("/models/export")).json()
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    vocab = list(tabular.learn.dls.vocab)
+    for row, prediction in zip(tabular.rows, predictions, strict=True):
+        label, probs = predict_one(tabular.learn, row)
+        assert prediction["label"] == label
+        assert list(prediction["probabilities"]) == vocab
+        assert list(prediction["probabilities"].values()) == pytest.approx(probs, abs=1e-5)
+    assert meta["format"] == "fastai"
+    assert [(s["name"], s["dtype"], s["shape"]) for s in meta["signature"]["inputs"]] == [
+        ("x_cat", "int64", [1]),
+        ("x_cont", "float32", [4]),
+    ]
+
+
+COLUMN_ERRORS = [
+    (
+        {
+            "colour": "red",
+            "sepal_length": None,
+            "sepal_width": None,
+            "petal_length": None,
+            "petal_width": None,
+        },
+        "instances[1]: missing column(s) 'sepal_length', 'sepal_width', 'petal_length', 'petal_width'",
+    ),
+    ({"petal_colour": "red"}, "instances[1]: unknown column(s) 'petal_colour'"),
+    ({"sepal_length": "5.1"}, "instances[1].sepal_length: expected a number, got '5.1'"),
+    ({"colour": 1}, "instances[1].colour: expected a category (a string such as 'blue'), got 1"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), COLUMN_ERRORS)
+async def test_bad_columns_get_a_clear_422(
+    tabular: TabularExport, change: dict[str, Any], message: str
+) -> None:
+    good = tabular.rows[0]
+    bad = {k: v for k, v in {**good, **change}.items() if v is not None}  # None: left out
+    async with serving(tabular.path) as client:
+        response = await client.post("/predict", json={"instances": [good, bad]})
+        after = await client.post("/predict", json={"instances": [good]})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_input"
+    assert message in response.json()["error"]
+    assert after.status_code == 200
