@@ -22,6 +22,13 @@ PTSERVE_CONFIGS: tuple[PtserveConfig, ...] = (
     # Like the baselines, no access log; everything else at its default.
     PtserveConfig("ptserve", ("--no-access-log",)),
     PtserveConfig("ptserve-t2", ("--no-access-log", "--torch-threads", "2")),
+    # The conv net's best measured settings on 2 cores: batching helps it only up to ~8-16 and
+    # only with both cores in its forward pass (see bench/README.md).
+    PtserveConfig(
+        "ptserve-b8t2",
+        ("--no-access-log", "--torch-threads", "2", "--max-batch-size", "8"),
+        default=False,
+    ),
     PtserveConfig("ptserve-w2", ("--no-access-log", "--workers", "2"), default=False),
 )
 

@@ -22,7 +22,7 @@ class Target:
     baseline: str
     op: Literal[">=", "<="]
     bound: float
-    server: str | None = None  # the ptserve server measured; None: the primary configuration
+    server: str = "{primary}"  # the ptserve server measured, named from the primary one
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ TARGETS: tuple[Target, ...] = (
         IN_PROCESS,
         ">=",
         0.9,
-        server="ptserve-v2",
+        server="{primary}-v2",
     ),
 )
 
@@ -102,7 +102,7 @@ def compute_ratios(
     """Every target ratio for the ``primary`` ptserve configuration."""
     results = []
     for target in TARGETS:
-        server = target.server or primary
+        server = target.server.format(primary=primary)
         numerator, problem = _value(runs, server, target)
         if target.baseline == IN_PROCESS:
             denominator = _in_process_best(in_process, target.model)

@@ -144,16 +144,21 @@ def all_servers() -> tuple[ServerSpec, ...]:
         )
         for c in PTSERVE_CONFIGS
     )
-    v2 = ServerSpec(
-        "ptserve-v2",
-        "model",
-        "ptserve (first configuration) over the Open Inference Protocol, binary tensors",
-        _ptserve(PTSERVE_CONFIGS[0]),
-        requires=("ptserve",),
-        predict_path="/v2/models/bench/infer",
-        wire="v2-binary",
+    v2 = tuple(
+        ServerSpec(
+            f"{c.name}-v2",
+            "model",
+            f"{c.name} over the Open Inference Protocol, binary tensors",
+            _ptserve(c),
+            requires=("ptserve",),
+            predict_path="/v2/models/bench/infer",
+            default=c.default,
+            wire="v2-binary",
+        )
+        for c in PTSERVE_CONFIGS
+        if c.name in ("ptserve", "ptserve-b8t2")
     )
-    return (*fixed, *ptserve, v2)
+    return (*fixed, *ptserve, *v2)
 
 
 def select_servers(names: tuple[str, ...] | None) -> tuple[ServerSpec, ...]:
