@@ -13,6 +13,8 @@ python -m pip install -q --disable-pip-version-check -r requirements.txt -e '.[t
 python -m pip install -q --disable-pip-version-check --no-deps \
   fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 \
   plum-dispatch==2.9.0 beartype==0.23.1 pandas==3.1.1 python-dateutil==2.9.0.post0
+# ...and what fastai imports at start-up but does not declare for a --no-deps install.
+python -m pip install -q --disable-pip-version-check "matplotlib>=3.8,<4" "requests>=2.31,<3"
 python -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
 
 ruff check .
