@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -46,6 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
         configure_threads(settings)
         service = runtime.service = InferenceService.start(settings, runtime.metrics)
         runtime.loads += 1
+        # Everything alive now (torch, the model, the app) lives as long as the process: move it
+        # out of the collector's sight. Without this, full collections over those objects took
+        # ~100 ms each under load (measured: MLP p99 at c=64 116 ms -> 17 ms, +25% req/s).
+        gc.collect()
+        gc.freeze()
         service.start_batching()
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
