@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
             await service.stop()
             restore_signals()
             mark_worker_dead()
+            gc.unfreeze()  # an app in a longer-lived process (tests) leaves nothing pinned
 
     app = FastAPI(
         title="ptserve",
