@@ -29,6 +29,24 @@ PTSERVE_CONFIGS: tuple[PtserveConfig, ...] = (
         ("--no-access-log", "--torch-threads", "2", "--max-batch-size", "8"),
         default=False,
     ),
+    # ...and with the two opt-in speed-ups: torch.compile and two inference threads (each with
+    # one torch thread), so two batches run at once.
+    PtserveConfig(
+        "ptserve-fast",
+        (
+            "--no-access-log",
+            "--max-batch-size",
+            "8",
+            "--torch-threads",
+            "1",
+            "--inference-threads",
+            "2",
+            "--execution",
+            "thread",
+            "--compile",
+        ),
+        default=False,
+    ),
     PtserveConfig("ptserve-w2", ("--no-access-log", "--workers", "2"), default=False),
 )
 

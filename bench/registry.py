@@ -156,7 +156,7 @@ def all_servers() -> tuple[ServerSpec, ...]:
             wire="v2-binary",
         )
         for c in PTSERVE_CONFIGS
-        if c.name in ("ptserve", "ptserve-b8t2")
+        if c.name in ("ptserve", "ptserve-b8t2", "ptserve-fast")
     )
     return (*fixed, *ptserve, *v2)
 

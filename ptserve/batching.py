@@ -96,6 +96,7 @@ class Batcher:
         max_queue: int,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        concurrency: int = 1,
     ) -> None:
         self.forward = forward
         self.run_blocking = run_blocking
@@ -107,6 +108,9 @@ class Batcher:
         self.queued_samples = 0
         self.arriving = 0
         self.running = 0
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)  # batches in the model at once
+        self._batches: set[asyncio.Task[None]] = set()
         self.stats = BatchStats()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +120,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the loop."""
-        while self.queue:
+        while self.queue or self._batches:
             self._wake.set()
             await asyncio.sleep(0.001)
         if self._task is not None:
@@ -130,7 +134,7 @@ class Batcher:
     def will_wait(self) -> bool:
         """Whether new work would wait behind a batch already in the model (so a client could
         leave before its turn); on an idle model it starts within this loop iteration."""
-        return self.running > 0
+        return self.running >= self.concurrency
 
     def arrival(self) -> "Arrival":
         """Context manager marking a request as on its way (received, not yet queued)."""
@@ -216,9 +220,20 @@ class Batcher:
                     > 0
                 ):
                     continue
+            await self._slots.acquire()  # meanwhile the queue fills: bigger batches
             batch = self._take()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_in_slot(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run_in_slot(self, batch: list[Item]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._slots.release()
 
     def _take(self) -> list[Item]:
         """Pop the next batch: items of the oldest item's shape, up to max_batch_size samples."""

@@ -18,14 +18,16 @@ NUMPY_UNSAFE = (torch.bfloat16, torch.float16)
 class Runner:
     """Calls the model on batches; every call runs on the same inference thread."""
 
-    def __init__(self, model: Callable[..., Any], device: str, signature: Signature) -> None:
+    def __init__(
+        self, model: Callable[..., Any], device: str, signature: Signature, threads: int = 1
+    ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.dtypes = [TORCH_DTYPES[spec.dtype] for spec in signature.inputs]
         self.output_names: list[str] = []
         # A model whose largest batch takes less than a thread hop runs on the event loop.
         self.inline = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptserve-infer")
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="ptserve-infer")
 
     def forward(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Arrays:
         """One forward pass on a batch (blocking); one array per output, batch first."""

@@ -2,10 +2,12 @@
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import torch
 
 from ptserve.batching import Arrival, Batcher, BatchObserver, BatchPolicy
 from ptserve.errors import HookFailure, ModelLoadError, UnsupportedMediaType
@@ -63,8 +65,9 @@ class InferenceService:
         self.encode_off_loop = self.postprocess_hook is not None
         self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
         self.batcher = Batcher(
-            runner.forward, runner.run_blocking, self.policy, settings.max_queue, observer
-        )
+            runner.forward, runner.run_blocking, self.policy, settings.max_queue, observer,
+            concurrency=settings.inference_threads,
+        )  # fmt: skip
         self.load_seconds = 0.0
         self.warmup_seconds = 0.0
 
@@ -73,7 +76,8 @@ class InferenceService:
         """Load the model, probe its outputs, read labels and warm it up (blocking)."""
         started = time.monotonic()
         loaded = load_model(settings)
-        runner = Runner(loaded.model, settings.device, loaded.signature)
+        model = compiled(loaded.model, settings.model_path) if settings.compile else loaded.model
+        runner = Runner(model, settings.device, loaded.signature, settings.inference_threads)
         name = settings.model_name
         hooks = load_hooks(settings.handler) if settings.handler else loaded.hooks
         try:  # what fails from here on is about this model file: say which
@@ -211,6 +215,14 @@ def _response(predictions: list[Any], name: str) -> bytes:
     return orjson.dumps(
         {"predictions": predictions, "model": name}, option=orjson.OPT_SERIALIZE_NUMPY
     )
+
+
+def compiled(model: Any, path: Path) -> Any:
+    """``torch.compile`` with dynamic shapes (one graph for every batch size); it compiles on the
+    first calls, i.e. during the probe and the warm-up, before the server is ready."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelLoadError(f"{path}: --compile does not apply to TorchScript programs")
+    return torch.compile(model, dynamic=True)
 
 
 def choose_execution(setting: str, largest_batch_s: float) -> str:

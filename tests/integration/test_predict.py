@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 
 from ptserve.settings import EXAMPLE_MODEL
 from tests.artefacts import Artefact
-from tests.conftest import serving
+from tests.conftest import serving, serving_app
 from tests.nets import FailsOnMarker, TwoInputs
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +167,31 @@ async def test_concurrent_requests_load_the_model_once() -> None:
     labels = [int(r.json()["predictions"][0]["label"]) for r in responses]
     assert labels == expected.tolist()
     assert meta["loads"] == 1
+
+
+async def test_compiled_model_serves_the_same_outputs(artefacts: dict[str, Artefact]) -> None:
+    artefact = artefacts["pickle"]
+    async with serving_app(artefact.path, compile=True, **artefact.settings) as (app, client):
+        response = await client.post("/predict", json={"instances": artefact.inputs.tolist()})
+        model = app.state.runtime.service.runner.model
+    assert hasattr(model, "_orig_mod")  # torch.compile's wrapper, not the plain module
+    np.testing.assert_allclose(
+        response.json()["predictions"], artefact.expected, rtol=1e-4, atol=1e-5
+    )
+
+
+async def test_two_inference_threads_serve_concurrent_requests(
+    artefacts: dict[str, Artefact],
+) -> None:
+    artefact = artefacts["export"]
+    async with serving(
+        artefact.path, execution="thread", inference_threads=2, max_batch_size=2
+    ) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post("/predict", json={"instances": [row.tolist()]})
+                for row in artefact.inputs
+            )
+        )
+    got = [r.json()["predictions"][0] for r in responses]
+    np.testing.assert_allclose(got, artefact.expected, rtol=1e-5, atol=1e-6)

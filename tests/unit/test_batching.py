@@ -34,7 +34,8 @@ class GatedModel:
 
     async def running(self) -> None:
         """Wait until a batch is inside the model."""
-        await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 10)
+        entered = await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 10)
+        assert entered, "no batch entered the model"
         self.entered.clear()
 
 
@@ -44,14 +45,19 @@ def sample(value: float, n: int = 1, width: int = 2) -> Arrays:
 
 @asynccontextmanager
 async def batcher(
-    model: Forward, max_batch_size: int = 8, max_delay: float = 60.0, max_queue: int = 100
+    model: Forward,
+    max_batch_size: int = 8,
+    max_delay: float = 60.0,
+    max_queue: int = 100,
+    concurrency: int = 1,
 ) -> AsyncIterator[Batcher]:
-    executor = ThreadPoolExecutor(1)
+    executor = ThreadPoolExecutor(concurrency)
 
     def run_blocking(fn: Callable[[Arrays], Arrays], arrays: Arrays) -> "asyncio.Future[Arrays]":
         return asyncio.get_running_loop().run_in_executor(executor, fn, arrays)
 
-    b = Batcher(model, run_blocking, BatchPolicy(max_batch_size, max_delay), max_queue)
+    policy = BatchPolicy(max_batch_size, max_delay)
+    b = Batcher(model, run_blocking, policy, max_queue, concurrency=concurrency)
     b.start()
     try:
         yield b
@@ -266,3 +272,17 @@ async def test_a_model_returning_the_wrong_number_of_rows_fails_that_request() -
             await b.submit(sample(1, n=2), timeout=30)
         (out,) = await b.submit(sample(3), timeout=30)  # one row for one sample is right
     np.testing.assert_array_equal(out, [[6.0, 6.0]])
+
+
+async def test_with_two_inference_threads_two_batches_are_in_the_model_at_once() -> None:
+    model = GatedModel()
+    async with batcher(model, max_batch_size=1, concurrency=2) as b:
+        first = asyncio.ensure_future(b.submit(sample(1), timeout=30))
+        await model.running()
+        second = asyncio.ensure_future(b.submit(sample(2), timeout=30))
+        await model.running()  # entered while the first is still held: they run together
+        assert b.will_wait()  # both slots busy: a third request would wait
+        model.gate.set()
+        results = await asyncio.gather(first, second)
+    assert sorted(batch[0] for batch in model.batches) == [1.0, 2.0]
+    assert [r[0][0, 0] for r in results] == [2.0, 4.0]
