@@ -13,16 +13,15 @@ starts ``ptserve serve export.pkl`` on a free port and asks for a few rows' clas
 
 import argparse
 import json
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 from sklearn.datasets import load_wine
+
+from ptserve.launch import launched
 
 OUT = Path(__file__).resolve().parent / "build"
 CONTINUOUS = ["alcohol", "malic_acid", "ash", "flavanoids", "color_intensity", "proline"]
@@ -71,29 +70,10 @@ def train(out: Path, epochs: int) -> list[dict[str, Any]]:
 
 def serve_and_query(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Serve the export and ask for ``rows``' predictions."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "ptserve", "serve", str(out / "export.pkl")]
-    server = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"])
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None:
-                    raise SystemExit("ptserve exited before it was ready")
-                time.sleep(0.1)
-            response = client.post("/predict", json={"instances": [r["row"] for r in rows]})
-            response.raise_for_status()
-            predictions: list[dict[str, Any]] = response.json()["predictions"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with launched(str(out / "export.pkl")) as url, httpx.Client(base_url=url, timeout=10) as client:
+        response = client.post("/predict", json={"instances": [r["row"] for r in rows]})
+        response.raise_for_status()
+        predictions: list[dict[str, Any]] = response.json()["predictions"]
     return predictions
 
 

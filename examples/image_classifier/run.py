@@ -13,10 +13,7 @@ port and classifies held-out PNGs uploaded as multipart files. By hand, the same
 
 import argparse
 import io
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +24,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from ptserve.images import image_spec, to_batch
+from ptserve.launch import launched
 from ptserve.settings import Settings
 from ptserve.signature import Signature, TensorSpec
 
@@ -85,32 +83,13 @@ def train(out: Path, epochs: int) -> float:
 
 def serve_and_query(out: Path) -> list[tuple[str, str]]:
     """Serve the export, upload the held-out PNGs; (file name, predicted label) pairs."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "ptserve", "serve", str(out / "digits_cnn.pt2")]
-    server = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None:
-                    raise SystemExit("ptserve exited before it was ready")
-                time.sleep(0.1)
-            files = sorted((out / "png").glob("*.png"))
-            uploads = [("file", (f.name, f.read_bytes(), "image/png")) for f in files]
-            response = client.post("/predict", files=uploads)
-            response.raise_for_status()
-            labels = [p["label"] for p in response.json()["predictions"]]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    files = sorted((out / "png").glob("*.png"))
+    uploads = [("file", (f.name, f.read_bytes(), "image/png")) for f in files]
+    model = str(out / "digits_cnn.pt2")
+    with launched(model) as url, httpx.Client(base_url=url, timeout=10) as client:
+        response = client.post("/predict", files=uploads)
+        response.raise_for_status()
+        labels = [p["label"] for p in response.json()["predictions"]]
     return [(f.name, label) for f, label in zip(files, labels, strict=True)]
 
 

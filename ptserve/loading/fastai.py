@@ -41,7 +41,7 @@ from typing import Any
 from ptserve.errors import ModelLoadError
 from ptserve.loading.detect import pickle_globals
 from ptserve.loading.restricted import RefusedPickle, restricted_load
-from ptserve.loading.safety import is_allowed
+from ptserve.loading.safety import import_global, is_allowed
 
 FAMILY = ("fastai", "fastcore", "fasttransform", "pandas")
 # Imported before the allowlist is read: a global's module must be one of theirs (or one they
@@ -234,11 +234,10 @@ def _lookup(name: str) -> object | None:
 
 
 def _import_anyway(name: str) -> object:
-    module_name, _, attr = name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import {name}: {exc}") from None
+        return import_global(name)
+    except ImportError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _qualified(cls: type) -> str:

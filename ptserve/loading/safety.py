@@ -25,18 +25,19 @@ def resolve_allowed(names: Sequence[str], trusted: Sequence[str], file: str) -> 
             "not torch.nn building blocks. If you trust this file, allow the defining modules "
             "with --trust-module MODULE, or load it without checks with --unsafe-pickle."
         )
-    return [_import(name) for name in names]
+    return [import_global(name) for name in names]
 
 
 def _is_nn_module_class(name: str) -> bool:
     try:
-        obj = _import(name)
+        obj = import_global(name)
     except ImportError:
         return False
     return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
 
 
-def _import(name: str) -> object:
+def import_global(name: str) -> object:
+    """The object ``module.attr`` names; ImportError when it cannot be imported."""
     module, _, attr = name.rpartition(".")
     try:
         return getattr(importlib.import_module(module), attr)

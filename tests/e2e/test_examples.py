@@ -12,10 +12,11 @@ from tests.e2e.conftest import REPO_ROOT, child_env, stop_process
 EXAMPLE_TIMEOUT_S = 120
 
 
-def test_image_classifier_example_trains_exports_serves_and_classifies(tmp_path: Path) -> None:
-    script = REPO_ROOT / "examples" / "image_classifier" / "run.py"
+def run_example(name: str, *args: str) -> str:
+    """Run ``examples/NAME/run.py ARGS`` to completion; its stdout (it must exit 0)."""
+    script = REPO_ROOT / "examples" / name / "run.py"
     process = subprocess.Popen(
-        [sys.executable, str(script), "--out", str(tmp_path), "--epochs", "3"],
+        [sys.executable, str(script), *args],
         cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,  # its server goes with it when stopped
     )  # fmt: skip
@@ -24,6 +25,11 @@ def test_image_classifier_example_trains_exports_serves_and_classifies(tmp_path:
     finally:
         stop_process(process)
     assert process.returncode == 0, stderr
+    return stdout
+
+
+def test_image_classifier_example_trains_exports_serves_and_classifies(tmp_path: Path) -> None:
+    stdout = run_example("image_classifier", "--out", str(tmp_path), "--epochs", "3")
     assert (tmp_path / "digits_cnn.pt2").is_file()
     answers = re.findall(r"^\d+-digit-(\d)\.png: predicted (\d)$", stdout, re.MULTILINE)
     assert len(answers) == 8
@@ -32,17 +38,7 @@ def test_image_classifier_example_trains_exports_serves_and_classifies(tmp_path:
 
 def test_fastai_tabular_example_trains_exports_serves_and_predicts(tmp_path: Path) -> None:
     pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
-    script = REPO_ROOT / "examples" / "fastai_tabular" / "run.py"
-    process = subprocess.Popen(
-        [sys.executable, str(script), "--out", str(tmp_path)],
-        cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,  # its server goes with it when stopped
-    )  # fmt: skip
-    try:
-        stdout, stderr = process.communicate(timeout=EXAMPLE_TIMEOUT_S)
-    finally:
-        stop_process(process)
-    assert process.returncode == 0, stderr
+    stdout = run_example("fastai_tabular", "--out", str(tmp_path))
     assert (tmp_path / "export.pkl").is_file()
     answers = re.findall(r"truth (\w+), predicted (\w+) \(", stdout)
     assert len(answers) == 5, stdout
