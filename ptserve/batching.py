@@ -9,6 +9,7 @@ with nothing else waiting a request is dispatched at once.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -69,7 +70,7 @@ class Item:
     def size(self) -> int:
         return len(self.arrays[0])
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[tuple[int, ...], ...]:
         """Items stack into one batch only when their per-sample shapes agree."""
         return tuple(a.shape[1:] for a in self.arrays)

@@ -119,12 +119,7 @@ def decode_request(
     arrays: list[Array | None] = [None] * len(inputs)
     offset = header_length
     for position, raw in enumerate(entries):
-        entry = _object(raw, f"inputs[{position}]")
-        name = entry.get("name")
-        if not isinstance(name, str) or name not in index:
-            raise InvalidTensor(
-                f"inputs[{position}]: unknown input {name!r}; the model takes {_names(inputs)}"
-            )
+        entry, name = _named(raw, f"inputs[{position}]", list(index), "input", "takes")
         if arrays[index[name]] is not None:
             raise InvalidTensor(f"input '{name}' is given twice")
         spec = inputs[index[name]]
@@ -292,12 +287,7 @@ def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> li
         )
     chosen: list[RequestedOutput] = []
     for position, raw in enumerate(requested):
-        entry = _object(raw, f"outputs[{position}]")
-        name = entry.get("name")
-        if not isinstance(name, str) or name not in names:
-            raise InvalidTensor(
-                f"outputs[{position}]: unknown output {name!r}; the model gives {_quoted(names)}"
-            )
+        entry, name = _named(raw, f"outputs[{position}]", names, "output", "gives")
         if any(output.name == name for output in chosen):
             raise InvalidTensor(f"output '{name}' is requested twice")
         where = f"output '{name}': parameters"
@@ -321,6 +311,17 @@ def _flag(parameters: dict[str, Any], key: str, where: str, default: bool = Fals
     if not isinstance(value, bool):
         raise InvalidTensor(f"{where}: {key} must be true or false, got {describe_value(value)}")
     return value
+
+
+def _named(
+    raw: Any, where: str, known: Sequence[str], kind: str, verb: str
+) -> tuple[dict[str, Any], str]:
+    """A tensor entry (JSON object) and its name, which must be one of ``known``."""
+    entry = _object(raw, where)
+    name = entry.get("name")
+    if not isinstance(name, str) or name not in known:
+        raise InvalidTensor(f"{where}: unknown {kind} {name!r}; the model {verb} {_quoted(known)}")
+    return entry, name
 
 
 def _names(inputs: Sequence[WireSpec]) -> str:
