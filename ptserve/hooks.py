@@ -13,7 +13,9 @@ both of::
 bytes of each file) and returns one batched array or tensor per model input, batch first
 (a mapping is matched to the inputs by name). ``postprocess`` gets the model's outputs for the
 request, one numpy array per output, batch first, and returns one JSON-serialisable prediction
-per sample. Both run on a worker thread, never on the event loop.
+per sample. Both run on a worker thread, never on the event loop. An optional ``example``
+(one instance as a request sends it) becomes the request example in the OpenAPI description,
+the Swagger UI and the try-it page.
 
 To refuse bad input with a 422, a hook raises :class:`ptserve.errors.InvalidInput` (or lets a
 pydantic ``ValidationError`` through); anything else it raises is a 500 whose cause goes to the
@@ -59,6 +61,7 @@ class Hooks:
     source: str
     preprocess: Callable[[list[Any]], Any] | None
     postprocess: Callable[[Arrays], Any] | None
+    example: Any = None  # one instance as a request sends it, for the docs and the page
 
 
 def load_hooks(target: str) -> Hooks:
@@ -83,7 +86,7 @@ def load_hooks(target: str) -> Hooks:
             raise ModelLoadError(f"handler {target}: {name} is not callable")
     if pre is None and post is None:
         raise ModelLoadError(f"handler {target}: defines neither preprocess nor postprocess")
-    return Hooks(target, pre, post)
+    return Hooks(target, pre, post, getattr(holder, "example", None))
 
 
 def run_preprocess(

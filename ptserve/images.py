@@ -93,16 +93,23 @@ def decode_base64(text: str, where: str) -> bytes:
 
 def to_sample(data: bytes, spec: ImageSpec, where: str) -> np.ndarray[Any, Any]:
     """One encoded image -> one sample of the input's shape and dtype; 4xx when it is bad."""
+    return _to_array(_fit(open_image(data, spec.mode, spec.max_pixels, where), spec), spec)
+
+
+def open_image(
+    data: bytes, mode: str, max_pixels: int, where: str, upright: bool = True
+) -> Image.Image:
+    """Decode one image into ``mode`` ("RGB" or "L"), turned upright by its EXIF orientation
+    unless ``upright`` is False; 4xx when it is empty, not an image, truncated or too large."""
     if not data:
         raise InvalidImage(f"{where}: the image is empty")
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as opened:
             width, height = opened.size
-            if width * height > spec.max_pixels:
-                raise _too_large(where, width, height, spec.max_pixels)
+            if width * height > max_pixels:
+                raise _too_large(where, width, height, max_pixels)
             opened.load()  # truncated data raises here (LOAD_TRUNCATED_IMAGES stays False)
-            image = ImageOps.exif_transpose(opened).convert(spec.mode)
-        image = _fit(image, spec)
+            return (ImageOps.exif_transpose(opened) if upright else opened).convert(mode)
     except ServeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -112,7 +119,6 @@ def to_sample(data: bytes, spec: ImageSpec, where: str) -> np.ndarray[Any, Any]:
     except Exception as exc:  # Pillow's decoders raise many kinds for corrupt data
         cause = " ".join(str(exc).split()) or type(exc).__name__
         raise InvalidImage(f"{where}: cannot decode the image ({cause})") from None
-    return _to_array(image, spec)
 
 
 def to_batch(images: Sequence[bytes], spec: ImageSpec, where: str) -> np.ndarray[Any, Any]:

@@ -48,13 +48,14 @@ class InferenceService:
         self.signature = signature
         self.labels = labels
         self.hooks = hooks
-        self.images = image_spec(signature, settings)
         self.preprocess_hook = hooks.preprocess if hooks is not None else None
         self.postprocess_hook = hooks.postprocess if hooks is not None else None
-        raw = self.preprocess_hook is not None
+        raw = self.preprocess_hook is not None  # the hook turns instances into inputs
+        self.images = None if raw else image_spec(signature, settings)
         self.decoder = RequestDecoder(
             signature, settings.max_instances, settings.allow_nan,
-            images=None if raw else self.images, raw=raw,
+            images=self.images, raw=raw,
+            example=hooks.example if hooks is not None else None,
         )  # fmt: skip
         self.postprocess = Postprocessor(
             signature, labels, settings.top_k, settings.output_activation, settings.threshold

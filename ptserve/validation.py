@@ -68,14 +68,16 @@ def request_model(
     allow_nan: bool,
     images: bool = False,
     raw: bool = False,
+    example: dict[str, Any] | None = None,
 ) -> type[BaseModel]:
     """The ``{"instances": [...], "top_k": k}`` model for ``signature``; with ``images`` an
     instance may also be ``{"image": "<base64>"}``; with ``raw`` (for a user's preprocess hook)
-    an instance is any JSON value."""
+    an instance is any JSON value. ``example`` is the body the schema shows (default:
+    :func:`example_body`)."""
     sample: Any = _instance_type(signature, allow_nan, raw)
     if images and not raw:
         sample = _or_image(sample)
-    example = example_body(signature)
+    example = example or example_body(signature)
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}),
@@ -99,8 +101,11 @@ def _instance_type(signature: Signature, allow_nan: bool, raw: bool) -> Any:
     return create_model("Sample", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def example_body(signature: Signature) -> dict[str, Any]:
-    """A valid request body: one sample (the saved example when there is one)."""
+def example_body(signature: Signature, instance: Any = None) -> dict[str, Any]:
+    """A valid request body: ``instance`` (a hook's example), else one sample (the saved
+    example when there is one)."""
+    if instance is not None:
+        return {"instances": [instance]}
     arrays = signature.example_sample()
     if len(arrays) == 1:
         return {"instances": [arrays[0].tolist()]}
@@ -131,13 +136,16 @@ class RequestDecoder:
         allow_nan: bool,
         images: ImageSpec | None = None,
         raw: bool = False,
+        example: Any = None,
     ) -> None:
         self.signature = signature
         self.max_instances = max_instances
         self.images = images
+        self.example = example_body(signature, example)
         self.model = request_model(
-            signature, max_instances, allow_nan, images=images is not None, raw=raw
-        )
+            signature, max_instances, allow_nan, images=images is not None, raw=raw,
+            example=self.example,
+        )  # fmt: skip
 
     def parse(self, body: bytes) -> tuple[list[Any], int | None]:
         """The validated instances and top_k of a body."""

@@ -55,3 +55,66 @@ def train_tabular(folder: Path) -> TabularExport:
         for row in picked.to_dict("records")
     ]
     return TabularExport(folder / "export.pkl", learn, rows)
+
+
+@dataclass(frozen=True)
+class VisionExport:
+    path: Path
+    learn: Any  # the Learner as trained, for learn.predict
+    images: list[Path]  # PNGs to ask about
+
+
+def render_digits(folder: Path, count: int) -> list[Path]:
+    """scikit-learn's first ``count`` 8x8 digits as 24x24 PNGs, ``<folder>/<digit>/<i>.png``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i, (pixels, digit) in enumerate(
+        zip(digits.data[:count], digits.target[:count], strict=True)
+    ):
+        grey = (255 - pixels.reshape(8, 8) * 255 / 16).astype(np.uint8)
+        path = folder / str(digit) / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grey, "L").resize((24, 24), Image.Resampling.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def train_vision(folder: Path, grey: bool = False) -> VisionExport:
+    """A resnet18 ``vision_learner`` (random init), one short epoch on 300 digit images, exported
+    to ``folder/export.pkl``. ``grey``: PILImageBW inputs and a lambda labeller (which
+    cloudpickle stores as code, as a notebook's label function is); else RGB ``from_folder``."""
+    from fastai.vision.all import (
+        CategoryBlock,
+        DataBlock,
+        ImageBlock,
+        ImageDataLoaders,
+        PILImageBW,
+        RandomSplitter,
+        Resize,
+        resnet18,
+        set_seed,
+        vision_learner,
+    )
+
+    set_seed(0)
+    paths = render_digits(folder / "png", 300)
+    if grey:
+        block = DataBlock(
+            blocks=(ImageBlock(cls=PILImageBW), CategoryBlock),
+            get_y=lambda path: path.parent.name,
+            splitter=RandomSplitter(0.2, seed=0),
+            item_tfms=Resize(28),
+        )
+        dls = block.dataloaders(paths, bs=32, num_workers=0)
+    else:
+        dls = ImageDataLoaders.from_folder(
+            folder / "png", valid_pct=0.2, seed=0, item_tfms=Resize(32), bs=32, num_workers=0
+        )
+    learn = vision_learner(dls, resnet18, pretrained=False, n_in=1 if grey else 3)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    learn.export(folder / "export.pkl")
+    return VisionExport(folder / "export.pkl", learn, paths[::37][:8])

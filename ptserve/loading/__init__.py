@@ -90,7 +90,7 @@ def _load_fastai(path: Path, settings: Settings) -> tuple[torch.nn.Module, Signa
             f"{path}: a fastai export, but fastai is not installed; install the fastai extra "
             "(see the README)"
         )
-    from ptserve.fastai_tabular import tabular_parts
+    from ptserve.learners import learner_parts
     from ptserve.loading.fastai import load_learner_safely
 
     if settings.unsafe_pickle:
@@ -98,7 +98,7 @@ def _load_fastai(path: Path, settings: Settings) -> tuple[torch.nn.Module, Signa
         learn = torch.load(path, weights_only=False, map_location="cpu")
     else:
         learn = load_learner_safely(path, [*settings.trust_modules, *_class_module(settings)])
-    return tabular_parts(learn, str(path))
+    return learner_parts(learn, str(path), settings)
 
 
 def _class_module(settings: Settings) -> list[str]:

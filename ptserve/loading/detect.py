@@ -1,9 +1,12 @@
 """Tell a model file's format from its content, not its suffix."""
 
+import _compat_pickle
 import json
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -57,14 +60,68 @@ def _zip_format(path: Path) -> ModelFormat:
 
 
 def pickle_globals(path: Path) -> list[str]:
-    """Globals a torch.save pickle would import beyond torch's weights-only defaults.
+    """Globals a torch.save pickle would import beyond torch's weights-only defaults, in the
+    order they first appear.
 
     Reads the pickle opcodes only; nothing in the file is executed.
     """
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        with zipfile.ZipFile(path) as archive:
+            record = next(n for n in archive.namelist() if n.split("/", 1)[-1] == "data.pkl")
+            data = archive.read(record)
+        names = _globals_in(data)
     except Exception as exc:
         raise ModelLoadError(f"{path}: corrupt torch.save file ({exc})") from None
+    safe = torch._weights_only_unpickler._get_allowed_globals()
+    return [name for name in names if name not in safe]
+
+
+STRING_OPCODES = frozenset(
+    {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING",
+     "SHORT_BINSTRING"}
+)  # fmt: skip
+
+
+def _globals_in(data: bytes) -> list[str]:
+    """Every global a pickle names: GLOBAL and INST carry theirs; STACK_GLOBAL (protocol 4+)
+    takes two strings from the stack, pushed just before or fetched from the memo."""
+    found: dict[str, None] = {}  # an ordered set
+    memo: dict[int, str | None] = {}
+    protocol = 0
+    pushed: list[str | None] = []  # what the latest opcodes pushed, while it is known
+    for opcode, value, _ in pickletools.genops(data):
+        op, arg = opcode.name, cast(Any, value)
+        if op == "PROTO":
+            protocol = int(arg)
+        elif op in ("GLOBAL", "INST"):
+            module, name = str(arg).split(" ", 1)
+            found[_python3_name(module, name, protocol)] = None
+            pushed = []
+        elif op == "STACK_GLOBAL":
+            names = pushed[-2:]
+            if len(names) != 2 or None in names:
+                raise ValueError("a STACK_GLOBAL whose names are not plain strings")
+            found[f"{names[0]}.{names[1]}"] = None
+            pushed = []
+        elif op in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if op == "MEMOIZE" else int(arg)] = pushed[-1] if pushed else None
+        elif op in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(int(arg)))
+        elif op in STRING_OPCODES:
+            pushed.append(str(arg))
+        else:
+            pushed = []
+    return list(found)
+
+
+def _python3_name(module: str, name: str, protocol: int) -> str:
+    """``module.name`` as Python 3 unpickles it (protocol 2 pickles say ``__builtin__``)."""
+    if protocol < 3:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
 
 
 def _is_safetensors(path: Path, head: bytes) -> bool:

@@ -27,23 +27,30 @@ fastai`` trusts the whole fastai package's code instead (its ``load_learner``, i
 import builtins
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import inspect
 import io
+import logging
 import subprocess
 import sys
 import threading
 import types
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import torch
 
 from ptserve.errors import ModelLoadError
 from ptserve.loading.detect import pickle_globals
 from ptserve.loading.restricted import RefusedPickle, restricted_load
 from ptserve.loading.safety import import_global, is_allowed
 
-FAMILY = ("fastai", "fastcore", "fasttransform", "pandas")
+log = logging.getLogger("ptserve")
+
+FAMILY = ("fastai", "fastcore", "fasttransform", "plum", "pandas")
 # Imported before the allowlist is read: a global's module must be one of theirs (or one they
 # import), so the pickle decides nothing about what gets imported.
 ENTRY_POINTS = ("fastai.learner", "fastai.tabular.all")
@@ -65,24 +72,21 @@ DENIED_BASES: tuple[type, ...] = (
     subprocess.Popen,
 )
 
-# Pure module-level functions a Learner stores (metrics, optimisers, splitters, losses):
-# calling one computes on tensors, or builds an optimiser over parameters; nothing else.
-PURE_FUNCTION_MODULES = ("fastai.metrics", "fastai.optimizer", "fastai.losses")
-
-EXPLICIT: dict[str, str] = {
-    # builtins: value types, and the Recorder's logger
+# Called while unpickling: each only builds a value in memory from the pickle's data.
+CONSTRUCTORS: dict[str, str] = {
+    # builtins: value types
     "builtins.bytes": "value type",
     "builtins.bytearray": "value type",
     "builtins.complex": "value type",
     "builtins.float": "value type",
     "builtins.int": "value type",
+    "builtins.str": "value type",
     "builtins.slice": "value type",
     "builtins.tuple": "value type",
     "builtins.list": "value type",
     "builtins.set": "value type",
     "builtins.frozenset": "value type",
     "builtins.range": "value type",
-    "builtins.print": "the Recorder's logger; writes text to stdout, nothing else",
     # standard library data classes
     "collections.defaultdict": "a dict (FillMissing's fill values)",
     "collections.OrderedDict": "a dict",
@@ -90,10 +94,12 @@ EXPLICIT: dict[str, str] = {
     "inspect.Signature": "signature data",
     "inspect._ParameterKind": "an enum",
     "inspect._empty": "a marker class",
-    "pathlib.PosixPath": "a path value; constructing one touches no file",
+    "pathlib.Path": "a path value; constructing one touches no file",
+    "pathlib.PosixPath": "a path value",
     "pathlib.WindowsPath": "a path value",
     "pathlib.PurePosixPath": "a path value",
     "random.Random": "a random generator's state",
+    "PIL.Image.Resampling": "an enum (Resize's resampling filters)",
     # numpy and pandas reconstruction helpers: build arrays, frames and indexes from data
     "numpy._core.multiarray._reconstruct": "allocates an empty ndarray",
     "numpy.core.multiarray._reconstruct": "allocates an empty ndarray (numpy < 2)",
@@ -105,22 +111,46 @@ EXPLICIT: dict[str, str] = {
     "pandas._libs.internals._unpickle_block": "rebuilds a DataFrame block from arrays",
     "pandas.core.internals.blocks.new_block": "rebuilds a DataFrame block from arrays",
     "pandas.core.indexes.base._new_Index": "rebuilds an Index (of an allowlisted class)",
-    # functions a Learner or its DataLoaders keep by reference
+}
+
+# Kept by reference and never called while unpickling. fastai may call some of them later,
+# on the data ptserve gives it (a pipeline's functions), so each is harmless on any input.
+REFERENCES: dict[str, str] = {
+    "builtins.print": "the Recorder's logger; writes text to stdout",
+    "typing.Any": "an annotation",
+    "PIL.Image.Image": "a type in a transform's input types",
     "fastai.data.load._wif": "DataLoader worker init; ptserve runs no workers",
+    "fastai.data.transforms.parent_label": "a label function: a path's folder name, as text",
+    "fastai.vision.core.load_image": "opens an image by path; ptserve passes decoded images",
+    "fastai.imports.noop": "returns its argument",
+    "fastcore.basics.noop": "returns its argument",
+    "fastcore.basics.merge": "merges dicts",
     "fastai.torch_core.trainable_params": "splitter: lists a module's trainable parameters",
     "fastai.torch_core.params": "splitter: lists a module's parameters",
     "fastai.layers.trunc_normal_": "initialiser of tensors",
+    "fastai.vision.learner._resnet_split": "splitter: groups a ResNet's parameters",
 }
+# Module-level functions of these modules are references too: metrics, optimisers and losses
+# compute on tensors (or build an optimiser over parameters), nothing else.
+PURE_FUNCTION_MODULES = ("fastai.metrics", "fastai.optimizer", "fastai.losses")
+# A vision Learner keeps its architecture's builder (``learn.arch``); ptserve never calls it.
+MODEL_BUILDER_MODULES = ("torchvision.models",)
 
 # Bound methods an export may rebuild: (defining class, method name).
 METHODS = frozenset({("fastai.data.core.FilteredBase", "dataloaders")})
+
+# Stand-ins for the globals exports use that would be dangerous as themselves; see the module
+# docstring. Filled in below the functions they name.
+STAND_INS: dict[str, Callable[..., Any]] = {}
+MAKE_FUNCTION = "cloudpickle.cloudpickle._make_function"  # one StoredFunctions per load
 
 
 def load_learner_safely(path: Path, trusted: Sequence[str]) -> Any:
     """Unpickle the Learner in ``path`` under the allowlist above (raises ModelLoadError)."""
     import_entry_points()
     names = pickle_globals(path)
-    refused = [name for name in names if not allowed(name, trusted)]
+    kinds = {name: kind(name, trusted) for name in names}
+    refused = [name for name, k in kinds.items() if k is None]
     if refused:
         raise ModelLoadError(
             f"{path}: refusing to unpickle this fastai export; it would import "
@@ -128,12 +158,22 @@ def load_learner_safely(path: Path, trusted: Sequence[str]) -> Any:
             "this file, allow the defining modules with --trust-module MODULE (--trust-module "
             "fastai trusts all of fastai's code), or load it without checks with --unsafe-pickle."
         )
-    table: dict[str, object] = {name: resolve(name) for name in names}
-    table["ptserve.loading.fastai.bind_method"] = bind_method  # callable via _builtin_type
+    table: dict[str, object] = {name: resolve(name, trusted) for name in names}
+    for helper in HELPERS:  # returned by stand-ins, called by the pickle
+        table[f"{__name__}.{helper.__name__}"] = helper
+    references = [name for name, k in kinds.items() if k == "reference"]
     try:
-        return restricted_load(path, table)
+        learn = restricted_load(path, table, references)
     except RefusedPickle as exc:
         raise ModelLoadError(f"{path}: refusing to unpickle this fastai export: {exc}") from None
+    stored = table.get(MAKE_FUNCTION)
+    if isinstance(stored, StoredFunctions) and stored.unavailable:
+        log.warning(
+            "%s carries the code of %s; ptserve never runs code from a model file, so calling "
+            "it fails (fine when inference does not call it, as for a label function)",
+            path, ", ".join(sorted(set(stored.unavailable))),
+        )  # fmt: skip
+    return learn
 
 
 def import_entry_points() -> None:
@@ -147,25 +187,37 @@ def import_entry_points() -> None:
 
 def allowed(name: str, trusted: Sequence[str]) -> bool:
     """Whether global ``name`` may appear in a fastai export (entry points imported first)."""
-    if name in EXPLICIT or name in ("builtins.getattr", "cloudpickle.cloudpickle._builtin_type"):
-        return True
+    return kind(name, trusted) is not None
+
+
+def kind(name: str, trusted: Sequence[str]) -> Literal["constructor", "reference"] | None:
+    """How a fastai export may use global ``name``: call it (``constructor``), only store it
+    (``reference``), or not at all (None)."""
+    if name in CONSTRUCTORS or name in STAND_INS or name == MAKE_FUNCTION:
+        return "constructor"
     if is_allowed(name, trusted):
-        return True
+        return "constructor"
+    if name in REFERENCES:
+        return "reference"
     obj = _lookup(name)
-    if obj is None:
-        return False
     if isinstance(obj, type):
-        return _family_class(obj, name)
-    defined_in = getattr(obj, "__module__", None)
-    return inspect.isfunction(obj) and defined_in in PURE_FUNCTION_MODULES
+        return "constructor" if _family_class(obj, name) else None
+    if not inspect.isfunction(obj):
+        return None
+    module = obj.__module__
+    if module in PURE_FUNCTION_MODULES or (
+        module.startswith(MODEL_BUILDER_MODULES) and not name.rpartition(".")[2].startswith("_")
+    ):
+        return "reference"
+    return None
 
 
-def resolve(name: str) -> object:
-    """The object a pickle gets for an allowed global (a stand-in for the dangerous two)."""
-    if name == "builtins.getattr":
-        return class_method
-    if name == "cloudpickle.cloudpickle._builtin_type":
-        return builtin_type
+def resolve(name: str, trusted: Sequence[str]) -> object:
+    """The object a pickle gets for an allowed global (a stand-in for the dangerous ones)."""
+    if name == MAKE_FUNCTION:
+        return StoredFunctions(trusted)
+    if name in STAND_INS:
+        return STAND_INS[name]
     obj = _lookup(name)
     if obj is None:
         obj = _import_anyway(name)  # a trusted module not imported yet
@@ -181,15 +233,21 @@ def class_method(cls: object, name: str) -> Callable[..., Any]:
 
 
 def builtin_type(name: str) -> Callable[..., Any]:
-    """cloudpickle's ``_builtin_type`` for pickles: only ``MethodType``, as :func:`bind_method`."""
-    if name != "MethodType":
-        raise RefusedPickle(f"refused cloudpickle._builtin_type({name!r})")
-    return bind_method
+    """cloudpickle's ``_builtin_type`` for pickles: ``MethodType`` as :func:`bind_method` and
+    ``CodeType`` as :func:`code_reference`, nothing else."""
+    if name == "MethodType":
+        return bind_method
+    if name == "CodeType":
+        return code_reference
+    raise RefusedPickle(f"refused cloudpickle._builtin_type({name!r})")
 
 
 def bind_method(func: object, obj: object) -> types.MethodType:
     """``types.MethodType`` for pickles: a :data:`METHODS` method bound to an instance of its
-    class, as ``obj.method`` would give."""
+    class, as ``obj.method`` would give, or a classmethod of an allowlisted class bound to it
+    (``PILImage.create``)."""
+    if isinstance(obj, type) and inspect.isfunction(func) and _classmethod_of(obj, func):
+        return types.MethodType(func, obj)
     for qualified, name in METHODS:
         cls = _lookup(qualified)
         if not isinstance(cls, type) or not isinstance(obj, cls):
@@ -200,8 +258,168 @@ def bind_method(func: object, obj: object) -> types.MethodType:
     raise RefusedPickle(f"refused to bind {_describe(func)} to a {type(obj).__name__}")
 
 
+# cloudpickle stores some functions as their code (fastai's PILBase.create, which plum's
+# dispatch hides from pickle, or a label function defined in a notebook). ptserve never builds
+# a function from a file: the stand-ins below read the code's name only, and give the
+# installed function of that name when it is allowlisted, else an Unavailable placeholder.
+
+
+@dataclass(frozen=True)
+class CodeReference:
+    """What ptserve keeps of a code object in a pickle: its name, never its bytecode."""
+
+    qualname: str
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A function whose code was in the export and is not an allowlisted installed function;
+    calling it fails (label functions are stored but never called at inference)."""
+
+    module: str
+    qualname: str
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            f"{self.module}.{self.qualname} is stored as code in the model file, and ptserve "
+            "does not run code from model files; make it importable and pass --trust-module "
+            f"{self.module}, or load the file with --unsafe-pickle if you trust it"
+        )
+
+
+@dataclass(frozen=True)
+class ModuleReference:
+    """A module named in a stored function's globals (never imported on the pickle's word)."""
+
+    name: str
+
+
+class EmptyCell:
+    """A closure cell of a stored function (its contents are never used)."""
+
+
+def code_reference(*args: object) -> CodeReference:
+    """``types.CodeType(...)`` for pickles: the name (3.11+: the qualified name) only."""
+    names = [a for a in args[11:13] if isinstance(a, str)]
+    if not names:
+        raise RefusedPickle("refused a code object without a name")
+    return CodeReference(names[-1])
+
+
+@dataclass
+class StoredFunctions:
+    """cloudpickle's ``_make_function`` for one load: the installed, allowlisted function the
+    code names, else an :class:`Unavailable` placeholder (listed in ``unavailable``)."""
+
+    trusted: Sequence[str]
+    unavailable: list[str] = field(default_factory=list)
+
+    def __call__(self, code: object, globals_: object, *rest: object) -> Callable[..., Any]:
+        if not isinstance(code, CodeReference) or not isinstance(globals_, dict):
+            raise RefusedPickle("refused cloudpickle._make_function without a code object")
+        module = str(globals_.get("__name__", "__main__"))
+        installed = _installed_function(module, code.qualname, self.trusted)
+        if installed is not None:
+            return installed
+        self.unavailable.append(f"{module}.{code.qualname}")
+        return Unavailable(module, code.qualname)
+
+
+def function_state(func: object, state: object) -> None:
+    """cloudpickle's ``_function_setstate``: checked, then dropped (an installed function is
+    shared by the whole process; a placeholder has no use for globals)."""
+    if not isinstance(func, Unavailable) and not inspect.isfunction(func):
+        raise RefusedPickle(f"refused to set the state of {_describe(func)}")
+    slots = state[1] if isinstance(state, tuple) and len(state) == 2 else None
+    if not isinstance(slots, dict):
+        raise RefusedPickle("refused a malformed function state")
+    claimed = (slots.get("__module__"), slots.get("__qualname__"))
+    actual = (
+        (func.module, func.qualname)
+        if isinstance(func, Unavailable)
+        else (func.__module__, func.__qualname__)
+    )
+    if claimed != actual and claimed != (None, None):
+        raise RefusedPickle(f"refused state for {actual[0]}.{actual[1]} naming {claimed}")
+
+
+def module_reference(name: object) -> ModuleReference:
+    """cloudpickle's ``subimport``, which would import any module: a name only."""
+    return ModuleReference(str(name))
+
+
+def empty_cell() -> EmptyCell:
+    """cloudpickle's ``_make_empty_cell``."""
+    return EmptyCell()
+
+
+def type_union(left: object, right: object) -> object:
+    """``operator.or_`` for pickles: the union of two types (a stored annotation), only."""
+    if not (_a_type(left) and _a_type(right)):
+        raise RefusedPickle(f"refused operator.or_ on {_describe(left)}, {_describe(right)}")
+    return left | right  # type: ignore[operator]
+
+
+def union_of(func: object, items: object, *initial: object) -> object:
+    """``functools.reduce`` for pickles: only to fold types with :func:`type_union`."""
+    if func is not type_union or not isinstance(items, tuple | list):
+        raise RefusedPickle(f"refused functools.reduce with {_describe(func)}")
+    return functools.reduce(type_union, items, *initial)
+
+
+STAND_INS.update(
+    {
+        "builtins.getattr": class_method,
+        "cloudpickle.cloudpickle._builtin_type": builtin_type,
+        "cloudpickle.cloudpickle._function_setstate": function_state,
+        "cloudpickle.cloudpickle.subimport": module_reference,
+        "cloudpickle.cloudpickle._make_empty_cell": empty_cell,
+        "_operator.or_": type_union,
+        "functools.reduce": union_of,
+    }
+)
+HELPERS = (bind_method, code_reference)
+
+
+def _installed_function(
+    module: str, qualname: str, trusted: Sequence[str]
+) -> Callable[..., Any] | None:
+    """The installed function ``module.qualname`` if the allowlist admits it: a reference, a
+    method of an allowlisted class, or anything in a trusted module (``--trust-module``)."""
+    holder: object = sys.modules.get(module)
+    owner: object = None
+    for part in qualname.split("."):
+        owner, holder = holder, vars(holder).get(part) if hasattr(holder, "__dict__") else None
+        if isinstance(holder, classmethod | staticmethod):
+            holder = holder.__func__
+    if not inspect.isfunction(holder) or holder.__qualname__ != qualname:
+        return None
+    if isinstance(owner, type):  # a method: allowed with its class
+        admitted = kind(_qualified(owner), trusted) == "constructor"
+    else:
+        admitted = kind(f"{module}.{qualname}", trusted) is not None
+    return holder if admitted else None
+
+
+def _classmethod_of(cls: type, func: object) -> bool:
+    """Whether ``func`` is a classmethod of ``cls``, an allowlisted class."""
+    if not _family_class(cls, _qualified(cls)):
+        return False
+    return any(
+        isinstance(m := vars(c).get(getattr(func, "__name__", "")), classmethod)
+        and m.__func__ is func
+        for c in cls.__mro__
+    )
+
+
+def _a_type(value: object) -> bool:
+    return value is None or isinstance(value, type | types.UnionType | types.GenericAlias)
+
+
 def _family_class(cls: type, name: str) -> bool:
     package = cls.__module__.split(".")[0]
+    if package == "torchvision":  # its model building blocks only
+        return issubclass(cls, torch.nn.Module)
     if package not in FAMILY:
         return False
     if package == "pandas":  # its public classes all claim module "pandas", readers included

@@ -9,7 +9,7 @@ Protocol 0/1 instance opcodes (INST, OBJ), which call what they find, are refuse
 
 import _compat_pickle
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -21,26 +21,32 @@ class RefusedPickle(pickle.UnpicklingError):
     """The pickle tried something the allowlist does not permit."""
 
 
-def restricted_load(path: Path, allowed: Mapping[str, object]) -> Any:
+def restricted_load(
+    path: Path, allowed: Mapping[str, object], references: Collection[str] = ()
+) -> Any:
     """``torch.load`` of ``path`` where globals resolve through ``allowed`` only.
 
     ``allowed`` maps ``module.name`` to the object that name stands for (possibly a safer
-    stand-in); torch's own weights-only globals are added to it.
+    stand-in); torch's own weights-only globals are added to it. The names in ``references``
+    are data: the pickle may store them, never call them.
     """
     module = SimpleNamespace(
-        Unpickler=unpickler_class(allowed), load=pickle.load, __name__="ptserve-restricted"
+        Unpickler=unpickler_class(allowed, references),
+        load=pickle.load,
+        __name__="ptserve-restricted",
     )
     return torch.load(path, weights_only=False, pickle_module=module, map_location="cpu")
 
 
-def unpickler_class(allowed: Mapping[str, object]) -> type:
-    """The restricted Unpickler class for ``allowed`` plus torch's weights-only globals."""
+def unpickler_class(allowed: Mapping[str, object], references: Collection[str] = ()) -> type:
+    """The restricted Unpickler class for ``allowed`` plus torch's weights-only globals; the
+    names in ``references`` can be stored, never called."""
     table = {**torch._weights_only_unpickler._get_allowed_globals(), **allowed}
 
     class Unpickler(_RestrictedUnpickler):
         globals_table = table
         callable_ids: ClassVar[Mapping[int, object]] = {
-            id(obj): obj for obj in table.values() if callable(obj)
+            id(obj): obj for name, obj in table.items() if callable(obj) and name not in references
         }
         global_ids = frozenset(id(obj) for obj in table.values())
 

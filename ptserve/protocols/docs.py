@@ -12,7 +12,6 @@ from pydantic.json_schema import models_json_schema
 
 from ptserve.protocols.schemas import ErrorBody, LabelledPredictResponse, PredictResponse
 from ptserve.security import open_paths
-from ptserve.validation import example_body
 
 if TYPE_CHECKING:
     from ptserve.runtime import Runtime
@@ -65,7 +64,7 @@ def _describe_predict(schema: dict[str, Any], service: "InferenceService") -> No
     request_ref = refs[(service.decoder.model, "validation")]
     response_ref = refs[(response, "serialization")]
     error = {"content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}}
-    example = example_body(service.signature)
+    example = service.decoder.example
 
     def operation(operation_id: str, summary: str) -> dict[str, Any]:
         return {

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ptserve.errors import InvalidInput, ModelLoadError
-from ptserve.fastai_tabular import TabularLearner
+from ptserve.learners import LearnerOutputs
+from ptserve.learners.tabular import TabularLearner
 from ptserve.loading import load_model
 from ptserve.loading.detect import detect_format
 from ptserve.settings import Settings
@@ -76,8 +77,9 @@ def test_postprocess_decodes_like_learn_predict() -> None:
     learn.loss_func = SimpleNamespace(
         activation=lambda x: torch.softmax(x, -1), decodes=lambda x: x.argmax(-1)
     )
-    tabular = TabularLearner(learn)
-    (first, second) = tabular.postprocess([np.array([[2.0, 0.0], [0.0, 1.0]], dtype=np.float32)])
+    (first, second) = LearnerOutputs(learn).postprocess(
+        [np.array([[2.0, 0.0], [0.0, 1.0]], dtype=np.float32)]
+    )
     assert first["label"] == "no"
     assert second["label"] == "yes"
     assert first["probabilities"]["no"] == pytest.approx(1 / (1 + np.exp(-2)), rel=1e-6)

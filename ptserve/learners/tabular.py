@@ -1,11 +1,7 @@
-"""Serve a fastai tabular Learner: rows of named columns in, the decoded class and its
-probabilities out, batched.
+"""A fastai tabular Learner: rows of named columns in, validated against the learner's columns.
 
-The Learner's own pieces do the work, so a prediction is what ``learn.predict(row)`` gives:
 ``learn.dls.test_dl`` applies the training-time procs (Categorify, FillMissing, Normalize) to a
-request's rows, ``learn.model`` (an ``nn.Module`` taking ``(x_cat, x_cont)``) runs in ptserve's
-batcher like any model, and ``learn.loss_func``'s ``activation`` and ``decodes`` turn its outputs
-into probabilities and a class. Both ends are built-in hooks (``ptserve.hooks``).
+request's rows; ``learn.model`` takes ``(x_cat, x_cont)``.
 """
 
 import math
@@ -14,45 +10,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from ptserve.errors import InvalidInput, ModelLoadError
-from ptserve.hooks import Arrays, Hooks
+from ptserve.errors import InvalidInput
+from ptserve.hooks import Arrays
 from ptserve.signature import Signature, TensorSpec
 
 NA_CATEGORY = "#na#"
 
 
-def tabular_parts(learn: Any, source: str) -> tuple[torch.nn.Module, Signature, Hooks]:
-    """The model, its signature and its hooks for a tabular Learner; ModelLoadError for another
-    kind of Learner."""
-    dls = learn.dls
-    if not hasattr(dls, "cat_names") or not hasattr(dls, "cont_names"):
-        raise ModelLoadError(
-            f"{source}: a fastai {type(learn).__name__} with {type(dls).__name__}; ptserve serves "
-            "fastai tabular learners (vision learners need torchvision, which is not supported "
-            "next to this torch build)"
-        )
-    tabular = TabularLearner(learn)
-    signature = Signature(
-        (
-            TensorSpec("x_cat", "int64", (len(dls.cat_names),)),
-            TensorSpec("x_cont", "float32", (len(dls.cont_names),)),
-        ),
-        source="fastai tabular learner",
-    )
-    hooks = Hooks("fastai tabular learner", tabular.preprocess, tabular.postprocess)
-    return learn.model, signature, hooks
-
-
 @dataclass
 class TabularLearner:
-    """Validates rows against a tabular Learner's columns and decodes its outputs."""
+    """Validates rows against a tabular Learner's columns and turns them into model inputs."""
 
     learn: Any
     categorical: dict[str, list[Any]] = field(init=False)
     continuous: list[str] = field(init=False)
-    vocab: list[str] | None = field(init=False)
     lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -67,8 +39,35 @@ class TabularLearner:
             if n not in added
         }
         self.continuous = list(dls.cont_names)
-        vocab = getattr(dls, "vocab", None)
-        self.vocab = [str(v) for v in vocab] if vocab is not None else None
+
+    @classmethod
+    def of(cls, learn: Any) -> "TabularLearner | None":
+        """The tabular view of ``learn``, or None for another kind of Learner."""
+        dls = learn.dls
+        return cls(learn) if hasattr(dls, "cat_names") and hasattr(dls, "cont_names") else None
+
+    @property
+    def signature(self) -> Signature:
+        """``x_cat`` (category codes) and ``x_cont`` (normalised numbers), per row."""
+        dls = self.learn.dls
+        return Signature(
+            (
+                TensorSpec("x_cat", "int64", (len(dls.cat_names),)),
+                TensorSpec("x_cont", "float32", (len(dls.cont_names),)),
+            ),
+            source="fastai tabular learner",
+        )
+
+    @property
+    def example(self) -> dict[str, Any]:
+        """A typical row: each category's first value, each number's training mean."""
+        means = getattr(getattr(self.learn.dls.procs, "normalize", None), "means", {})
+        row: dict[str, Any] = {
+            n: (c[0].item() if hasattr(c[0], "item") else c[0]) if c else ""
+            for n, c in self.categorical.items()
+        }
+        row.update({n: round(float(means.get(n, 0.0)), 3) for n in self.continuous})
+        return row
 
     @property
     def columns(self) -> list[str]:
@@ -125,26 +124,6 @@ class TabularLearner:
                 )
             if not textual and not _number(value):
                 raise InvalidInput(f"{where}.{name}: expected a number, got {_describe(value)}")
-
-    def postprocess(self, outputs: Arrays) -> list[Any]:
-        """The model's outputs -> ``{"label", "probabilities"}`` per row (classifiers), or
-        ``{"prediction": [...]}`` (regression), decoded as ``learn.predict`` decodes them."""
-        loss = self.learn.loss_func
-        raw = torch.from_numpy(outputs[0])
-        probs = getattr(loss, "activation", lambda x: x)(raw)
-        decoded = getattr(loss, "decodes", lambda x: x)(probs)
-        if self.vocab is None:
-            return [{"prediction": row.tolist()} for row in decoded]
-        vocab = self.vocab
-        predictions: list[Any] = []
-        for p, d in zip(probs.tolist(), decoded, strict=True):
-            scores = dict(zip(vocab, p, strict=True))
-            if d.dim() == 0:
-                predictions.append({"label": vocab[int(d)], "probabilities": scores})
-            else:  # multi-label: every label the loss decodes as present
-                labels = [v for v, on in zip(vocab, d.tolist(), strict=True) if on]
-                predictions.append({"labels": labels, "probabilities": scores})
-        return predictions
 
 
 def _number(value: Any) -> bool:

@@ -1,0 +1,67 @@
+"""Serve fastai Learners (``learn.export()``): tabular rows or images in, what
+``learn.predict`` gives out, batched.
+
+The Learner's own pieces do the work: ``learn.dls.test_dl`` turns a request's instances into
+model inputs with the training-time transforms (the preprocess hook, off the event loop),
+``learn.model`` runs in ptserve's batcher like any model, and ``learn.loss_func``'s
+``activation`` and ``decodes`` turn its outputs into probabilities and a class (the postprocess
+hook). fastai is imported only when a fastai export is loaded.
+"""
+
+from typing import Any
+
+import torch
+
+from ptserve.errors import ModelLoadError
+from ptserve.hooks import Arrays, Hooks
+from ptserve.learners.tabular import TabularLearner
+from ptserve.learners.vision import VisionLearner
+from ptserve.settings import Settings
+from ptserve.signature import Signature
+
+
+def learner_parts(
+    learn: Any, source: str, settings: Settings
+) -> tuple[torch.nn.Module, Signature, Hooks]:
+    """The model, its signature and its hooks for a Learner; ModelLoadError for a kind of
+    Learner ptserve does not serve."""
+    view: TabularLearner | VisionLearner | None = TabularLearner.of(learn)
+    kind = "tabular"
+    if view is None:
+        view, kind = VisionLearner.of(learn, settings.max_image_pixels), "vision"
+    if view is None:
+        raise ModelLoadError(
+            f"{source}: a fastai {type(learn).__name__} with {type(learn.dls).__name__}; "
+            "ptserve serves fastai tabular and vision learners"
+        )
+    outputs = LearnerOutputs(learn)
+    hooks = Hooks(f"fastai {kind} learner", view.preprocess, outputs.postprocess, view.example)
+    return learn.model, view.signature, hooks
+
+
+class LearnerOutputs:
+    """Decodes a Learner's model outputs as ``learn.predict`` does."""
+
+    def __init__(self, learn: Any) -> None:
+        self.loss = learn.loss_func
+        vocab = getattr(learn.dls, "vocab", None)
+        self.vocab = [str(v) for v in vocab] if vocab is not None else None
+
+    def postprocess(self, outputs: Arrays) -> list[Any]:
+        """The model's outputs -> ``{"label", "probabilities"}`` per sample (classifiers),
+        ``{"labels", "probabilities"}`` (multi-label), or ``{"prediction": [...]}``."""
+        raw = torch.from_numpy(outputs[0])
+        probs = getattr(self.loss, "activation", lambda x: x)(raw)
+        decoded = getattr(self.loss, "decodes", lambda x: x)(probs)
+        if self.vocab is None:
+            return [{"prediction": row.tolist()} for row in decoded]
+        vocab = self.vocab
+        predictions: list[Any] = []
+        for p, d in zip(probs.tolist(), decoded, strict=True):
+            scores = dict(zip(vocab, p, strict=True))
+            if d.dim() == 0:
+                predictions.append({"label": vocab[int(d)], "probabilities": scores})
+            else:  # multi-label: every label the loss decodes as present
+                labels = [v for v, on in zip(vocab, d.tolist(), strict=True) if on]
+                predictions.append({"labels": labels, "probabilities": scores})
+        return predictions

@@ -1,0 +1,118 @@
+"""A fastai vision Learner: encoded images in, the learner's own transforms applied.
+
+Images are decoded by ptserve's guarded decoder (``ptserve.images``: common formats only, the
+pixel limit checked before decoding, truncated files refused), converted to the mode of the
+learner's image type (``PILImage``: RGB, ``PILImageBW``: L), and handed to ``learn.dls.test_dl``,
+which applies the training-time item and batch transforms (Resize, IntToFloatTensor, Normalize)
+exactly as ``learn.predict`` does.
+"""
+
+import base64
+import io
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ptserve.errors import InvalidInput, ModelLoadError
+from ptserve.hooks import Arrays
+from ptserve.images import decode_base64, open_image
+from ptserve.signature import Signature, spec_from_tensor
+
+# Two probe sizes: a dimension that differs between them depends on the request's image.
+PROBE_SIZES = ((64, 48), (40, 72))
+
+
+@dataclass
+class VisionLearner:
+    """Decodes images for a vision Learner and turns them into its model's input batch."""
+
+    learn: Any
+    max_pixels: int
+    image_type: type = field(init=False)
+    mode: str = field(init=False)
+    signature: Signature = field(init=False)
+    lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    @classmethod
+    def of(cls, learn: Any, max_pixels: int) -> "VisionLearner | None":
+        """The vision view of ``learn``, or None when its inputs are not images."""
+        image = _created_image(learn)
+        if image is None:
+            return None
+        vision = cls(learn, max_pixels)
+        vision.image_type, vision.mode = type(image), image.mode
+        vision.signature = vision.probe()
+        return vision
+
+    def probe(self) -> Signature:
+        """The model input for images of two sizes; dims that differ are variable (-1)."""
+        batches = [self.batch([self._blank(size)]) for size in PROBE_SIZES]
+        shapes = [b.shape[1:] for b in batches]
+        variable = frozenset(i + 1 for i, (a, b) in enumerate(zip(*shapes, strict=True)) if a != b)
+        spec = spec_from_tensor("image", torch.from_numpy(batches[0]), variable)
+        return Signature((spec,), source="fastai vision learner", example=(batches[0][0],))
+
+    @property
+    def example(self) -> dict[str, str]:
+        """A mid-grey PNG of the learner's input size (64x64 when the size varies)."""
+        shape = self.signature.inputs[0].shape
+        height, width = (d if d > 0 else 64 for d in shape[-2:])
+        buffer = io.BytesIO()
+        Image.new(self.mode, (width, height), 128 if self.mode == "L" else (128,) * 3).save(
+            buffer, "PNG"
+        )
+        return {"image": base64.b64encode(buffer.getvalue()).decode()}
+
+    def preprocess(self, instances: list[Any]) -> Arrays:
+        """Uploaded files (bytes) or ``{"image": "<base64>"}`` objects -> the model's batch."""
+        images = [self._image(x, i) for i, x in enumerate(instances)]
+        return [self.batch(images)]
+
+    def batch(self, images: list[Any]) -> np.ndarray[Any, Any]:
+        """Images of the learner's type -> its model input, through ``test_dl``."""
+        with self.lock:  # fastai's DataLoaders were written for one caller at a time
+            (batch,) = self.learn.dls.test_dl(images, num_workers=0).one_batch()[:1]
+        return np.ascontiguousarray(torch.as_tensor(batch).detach().cpu().numpy())
+
+    def _image(self, instance: Any, index: int) -> Any:
+        if isinstance(instance, bytes):
+            where, data = f"files[{index}]", instance
+        elif isinstance(instance, dict) and set(instance) == {"image"}:
+            where = f"instances[{index}].image"
+            if not isinstance(instance["image"], str):
+                raise InvalidInput(f"{where}: expected a base64 string")
+            data = decode_base64(instance["image"], where)
+        else:
+            raise InvalidInput(
+                f'instances[{index}]: expected {{"image": "<base64>"}} (or upload the image '
+                "as multipart/form-data)"
+            )
+        # not turned upright by EXIF: fastai's load_image, used in training, does not either
+        image = open_image(data, self.mode, self.max_pixels, where, upright=False)
+        return self.image_type(image)
+
+    def _blank(self, size: tuple[int, int]) -> Any:
+        return self.image_type(Image.new(self.mode, size))
+
+
+def _created_image(learn: Any) -> Image.Image | None:
+    """What the learner's input pipeline makes of a tiny PNG: a fastai image for a vision
+    learner; None for other learners (their pipelines refuse or ignore it)."""
+    tfms = getattr(getattr(learn.dls, "valid_ds", None), "tfms", None)
+    if not tfms:
+        return None
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buffer, "PNG")
+    try:
+        created = tfms[0](buffer.getvalue())
+    except Exception:
+        return None
+    if not isinstance(created, Image.Image):
+        return None
+    if created.mode not in ("RGB", "L"):
+        raise ModelLoadError(f"a fastai vision learner with {created.mode} images is not supported")
+    return created
