@@ -10,12 +10,12 @@ both of::
 (``Array``: a numpy array or a torch tensor.)
 
 ``preprocess`` gets the request's ``instances`` as parsed JSON (or, for a multipart upload, the
-bytes of each file) and returns one batched array or tensor per model input, batch first
-(a mapping is matched to the inputs by name). ``postprocess`` gets the model's outputs for the
-request, one numpy array per output, batch first, and returns one JSON-serialisable prediction
-per sample. Both run on a worker thread, never on the event loop. An optional ``example``
-(one instance as a request sends it) becomes the request example in the OpenAPI description,
-the Swagger UI and the try-it page.
+bytes of each file) and returns one batched array or tensor per model input, batch first, one
+sample per instance (a mapping is matched to the inputs by name). ``postprocess`` gets the
+model's outputs for the request, one numpy array per output, batch first, and returns one
+JSON-serialisable prediction per sample. Both run on a worker thread, never on the event loop.
+An optional ``example`` (one instance as a request sends it) becomes the request example in the
+OpenAPI description, the Swagger UI and the try-it page.
 
 To refuse bad input with a 422, a hook raises :class:`ptserve.errors.InvalidInput` (or lets a
 pydantic ``ValidationError`` through); anything else it raises is a 500 whose cause goes to the
@@ -62,6 +62,7 @@ class Hooks:
     preprocess: Callable[[list[Any]], Any] | None
     postprocess: Callable[[Arrays], Any] | None
     example: Any = None  # one instance as a request sends it, for the docs and the page
+    files: bool = True  # whether preprocess takes uploaded files (multipart) as instances
 
 
 def load_hooks(target: str) -> Hooks:
@@ -92,14 +93,18 @@ def load_hooks(target: str) -> Hooks:
 def run_preprocess(
     hooks: Hooks, instances: list[Any], signature: Signature, translate: Translate
 ) -> Arrays:
-    """Call the preprocess hook (blocking) and check its arrays against the signature."""
+    """Call the preprocess hook (blocking) and check its arrays against the signature: one
+    sample per instance."""
     assert hooks.preprocess is not None
     produced = _guarded("preprocess", hooks.preprocess, instances, translate)
     try:
-        return _arrays(produced, signature)
+        arrays = _arrays(produced, signature)
+        if len(arrays[0]) != len(instances):
+            raise ValueError(f"{len(arrays[0])} samples for {len(instances)} instances")
     except (TypeError, ValueError) as exc:
         log.error("the preprocess hook of %s returned unusable inputs: %s", hooks.source, exc)
         raise HookFailure("the preprocess hook failed; the server log has details") from None
+    return arrays
 
 
 def run_postprocess(hooks: Hooks, outputs: Arrays, size: int, translate: Translate) -> list[Any]:

@@ -1,5 +1,6 @@
 """``ptserve info``: what a model file is, without running code from it."""
 
+import importlib.util
 from typing import Any
 
 from ptserve.errors import ModelLoadError
@@ -20,6 +21,13 @@ SAFETY = {
 }
 
 
+FASTAI_KINDS = {
+    "constructor": "allowed",
+    "reference": "allowed as data: stored, never called while loading",
+    None: "refused",
+}
+
+
 def describe_file(settings: Settings) -> dict[str, Any]:
     """Format, safety, size, sha256, pickle imports, and (when safe to load) parameters and
     the input signature."""
@@ -31,10 +39,20 @@ def describe_file(settings: Settings) -> dict[str, Any]:
         "size_bytes": facts.size_bytes,
         "sha256": facts.sha256,
     }
+    trusted = settings.trust_modules
     if facts.format == "pickle":
-        trusted = settings.trust_modules
         info["imports"] = [
             f"{name} ({'allowed' if is_allowed(name, trusted) else 'refused'})"
+            for name in pickle_globals(facts.path)
+        ]
+    elif facts.format == "fastai" and importlib.util.find_spec("fastai") is not None:
+        from ptserve.loading.fastai import MAKE_FUNCTION, STAND_INS, import_entry_points, kind
+
+        import_entry_points()
+        info["imports"] = [
+            f"{name} (replaced by a safe stand-in)"
+            if name in STAND_INS or name == MAKE_FUNCTION
+            else f"{name} ({FASTAI_KINDS[kind(name, trusted)]})"
             for name in pickle_globals(facts.path)
         ]
     try:

@@ -141,8 +141,12 @@ class InferenceService:
 
     @property
     def takes_uploads(self) -> bool:
-        """Whether file uploads (multipart) make sense: an image model, or a preprocess hook."""
-        return self.images is not None or self.preprocess_hook is not None
+        """Whether file uploads (multipart) make sense: an image model, or a preprocess hook
+        that takes files."""
+        hook_files = (
+            self.hooks is not None and self.preprocess_hook is not None and self.hooks.files
+        )
+        return self.images is not None or hook_files
 
     def decode_uploads(self, files: list[bytes], top_k: int | None) -> Decoded:
         """Uploaded files (blocking: images are decoded here); 4xx when one is bad."""
@@ -202,6 +206,7 @@ class InferenceService:
             "threshold": self.settings.threshold,
             "images": self.images.describe() if self.images is not None else None,
             "handler": self.hooks.source if self.hooks is not None else None,
+            "uploads": self.takes_uploads,
             "max_instances": self.settings.max_instances,
             "load_seconds": round(self.load_seconds, 3),
         }

@@ -21,3 +21,9 @@ ruff check .
 ruff format --check .
 mypy
 python -m pytest -q
+
+# fastai vision learners need torchvision, which needs another torch: a second environment.
+# PTSERVE_SKIP_VISION=1 leaves it out (for a quick local run).
+if [ "${PTSERVE_SKIP_VISION:-0}" != 1 ]; then
+  bash scripts/test-vision.sh
+fi

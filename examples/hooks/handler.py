@@ -21,6 +21,17 @@ INK = 16.0  # the digits data's darkest pixel
 SURE = 0.9
 Row = Annotated[str, Len(8, 8)]
 DRAWINGS = TypeAdapter(list[Annotated[list[Row], Len(8, 8)]])
+# One instance as a request sends it: the example in /docs and on the try-it page.
+example = [
+    "   ##   ",
+    "  ####  ",
+    "  #  ## ",
+    "  #  ## ",
+    "  #  ## ",
+    "  #  ## ",
+    "  # ##  ",
+    "   ##   ",
+]
 
 
 def preprocess(instances: list[Any]) -> np.ndarray:

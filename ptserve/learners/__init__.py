@@ -35,7 +35,10 @@ def learner_parts(
             "ptserve serves fastai tabular and vision learners"
         )
     outputs = LearnerOutputs(learn)
-    hooks = Hooks(f"fastai {kind} learner", view.preprocess, outputs.postprocess, view.example)
+    hooks = Hooks(
+        f"fastai {kind} learner", view.preprocess, outputs.postprocess, view.example,
+        files=kind == "vision",
+    )  # fmt: skip
     return learn.model, view.signature, hooks
 
 

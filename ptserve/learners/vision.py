@@ -75,7 +75,8 @@ class VisionLearner:
     def batch(self, images: list[Any]) -> np.ndarray[Any, Any]:
         """Images of the learner's type -> its model input, through ``test_dl``."""
         with self.lock:  # fastai's DataLoaders were written for one caller at a time
-            (batch,) = self.learn.dls.test_dl(images, num_workers=0).one_batch()[:1]
+            loader = self.learn.dls.test_dl(images, bs=len(images), num_workers=0)
+            (batch,) = loader.one_batch()[:1]
         return np.ascontiguousarray(torch.as_tensor(batch).detach().cpu().numpy())
 
     def _image(self, instance: Any, index: int) -> Any:

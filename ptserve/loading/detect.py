@@ -91,6 +91,8 @@ def _globals_in(data: bytes) -> list[str]:
     pushed: list[str | None] = []  # what the latest opcodes pushed, while it is known
     for opcode, value, _ in pickletools.genops(data):
         op, arg = opcode.name, cast(Any, value)
+        if op == "FRAME":  # protocol 4 framing: may fall between a STACK_GLOBAL's two names
+            continue
         if op == "PROTO":
             protocol = int(arg)
         elif op in ("GLOBAL", "INST"):

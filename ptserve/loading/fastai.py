@@ -136,6 +136,12 @@ PURE_FUNCTION_MODULES = ("fastai.metrics", "fastai.optimizer", "fastai.losses")
 # A vision Learner keeps its architecture's builder (``learn.arch``); ptserve never calls it.
 MODEL_BUILDER_MODULES = ("torchvision.models",)
 
+# Methods cloudpickle stores as code (plum's dispatch hides them from pickle's by-name lookup),
+# given back as the installed method; fastai calls them on the data ptserve gives it.
+STORED_METHODS: dict[str, str] = {
+    "fastai.vision.core.PILBase.create": "PILImage.create: a fastai image from a decoded image",
+}
+
 # Bound methods an export may rebuild: (defining class, method name).
 METHODS = frozenset({("fastai.data.core.FilteredBase", "dataloaders")})
 
@@ -151,6 +157,13 @@ def load_learner_safely(path: Path, trusted: Sequence[str]) -> Any:
     names = pickle_globals(path)
     kinds = {name: kind(name, trusted) for name in names}
     refused = [name for name, k in kinds.items() if k is None]
+    vision = [n for n in refused if n.startswith(("fastai.vision.", "torchvision."))]
+    if vision and "fastai.vision.all" not in sys.modules:
+        raise ModelLoadError(
+            f"{path}: a fastai vision learner ({vision[0]}); serving it needs torchvision, "
+            "which cannot be imported here. Install it beside a matching torch, e.g. "
+            "pip install torch==2.14.1 torchvision==0.29.1 (see the README's fastai section)"
+        )
     if refused:
         raise ModelLoadError(
             f"{path}: refusing to unpickle this fastai export; it would import "
@@ -294,7 +307,7 @@ class ModuleReference:
     name: str
 
 
-class EmptyCell:
+class Cell:
     """A closure cell of a stored function (its contents are never used)."""
 
 
@@ -348,9 +361,9 @@ def module_reference(name: object) -> ModuleReference:
     return ModuleReference(str(name))
 
 
-def empty_cell() -> EmptyCell:
-    """cloudpickle's ``_make_empty_cell``."""
-    return EmptyCell()
+def cell(*contents: object) -> Cell:
+    """cloudpickle's ``_make_empty_cell`` and ``_make_cell``: the contents are dropped."""
+    return Cell()
 
 
 def type_union(left: object, right: object) -> object:
@@ -373,7 +386,8 @@ STAND_INS.update(
         "cloudpickle.cloudpickle._builtin_type": builtin_type,
         "cloudpickle.cloudpickle._function_setstate": function_state,
         "cloudpickle.cloudpickle.subimport": module_reference,
-        "cloudpickle.cloudpickle._make_empty_cell": empty_cell,
+        "cloudpickle.cloudpickle._make_empty_cell": cell,
+        "cloudpickle.cloudpickle._make_cell": cell,
         "_operator.or_": type_union,
         "functools.reduce": union_of,
     }
@@ -384,21 +398,20 @@ HELPERS = (bind_method, code_reference)
 def _installed_function(
     module: str, qualname: str, trusted: Sequence[str]
 ) -> Callable[..., Any] | None:
-    """The installed function ``module.qualname`` if the allowlist admits it: a reference, a
-    method of an allowlisted class, or anything in a trusted module (``--trust-module``)."""
+    """The installed function ``module.qualname`` if the allowlist admits it as stored code: a
+    reference, one of :data:`STORED_METHODS`, or anything in a trusted module (``--trust-module``).
+    Other methods of allowlisted classes are not admitted: ``Path.unlink`` is one."""
+    name = f"{module}.{qualname}"
+    if name not in STORED_METHODS and kind(name, trusted) is None:
+        return None
     holder: object = sys.modules.get(module)
-    owner: object = None
     for part in qualname.split("."):
-        owner, holder = holder, vars(holder).get(part) if hasattr(holder, "__dict__") else None
+        holder = vars(holder).get(part) if hasattr(holder, "__dict__") else None
         if isinstance(holder, classmethod | staticmethod):
             holder = holder.__func__
     if not inspect.isfunction(holder) or holder.__qualname__ != qualname:
         return None
-    if isinstance(owner, type):  # a method: allowed with its class
-        admitted = kind(_qualified(owner), trusted) == "constructor"
-    else:
-        admitted = kind(f"{module}.{qualname}", trusted) is not None
-    return holder if admitted else None
+    return holder
 
 
 def _classmethod_of(cls: type, func: object) -> bool:

@@ -11,7 +11,7 @@ async function describeModel() {
     $("model").textContent = model.name;
     const inputs = (model.signature || {}).inputs || [];
     $("signature").textContent = inputs.map((s) => `${s.name}: ${s.dtype} [${s.shape}]`).join(", ");
-    $("image-section").hidden = !(model.images || model.handler);
+    $("image-section").hidden = !model.uploads;
   }
   try {
     const schema = await (await fetch("/openapi.json")).json();

@@ -43,3 +43,19 @@ def test_fastai_tabular_example_trains_exports_serves_and_predicts(tmp_path: Pat
     answers = re.findall(r"truth (\w+), predicted (\w+) \(", stdout)
     assert len(answers) == 5, stdout
     assert sum(truth == label for truth, label in answers) >= 4, stdout
+
+
+def test_fastai_vision_example_trains_exports_serves_and_classifies(tmp_path: Path) -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    pytest.importorskip(
+        "torchvision",
+        reason="fastai vision learners need torchvision: run bash scripts/test-vision.sh",
+    )
+    stdout = run_example("fastai_vision", "--out", str(tmp_path), "--images", "600")
+    assert (tmp_path / "export.pkl").is_file()
+    answers = re.findall(r"^\d+-digit-(\d)\.png: predicted (\d)$", stdout, re.MULTILINE)
+    assert len(answers) == 8, stdout
+    assert sum(truth == label for truth, label in answers) >= 6, stdout
+    base64_answer = re.search(r"^(\d+-digit-\d\.png) as base64: predicted (\d)$", stdout, re.M)
+    assert base64_answer is not None, stdout
+    assert f"{base64_answer[1]}: predicted {base64_answer[2]}" in stdout  # same answer both ways

@@ -78,3 +78,24 @@ async def test_bad_columns_get_a_clear_422(
     assert response.json()["code"] == "invalid_input"
     assert message in response.json()["error"]
     assert after.status_code == 200
+
+
+async def test_the_openapi_example_is_a_row_of_the_learners_columns(
+    tabular: TabularExport,
+) -> None:
+    from tests.fastai_learners import CATEGORICAL, CONTINUOUS
+
+    async with serving(tabular.path) as client:
+        schema = (await client.get("/openapi.json")).json()
+        content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+        example = content["application/json"]["example"]
+        response = await client.post("/predict", json=example)
+    assert schema["components"]["schemas"]["PredictRequest"]["examples"] == [example]
+    (row,) = example["instances"]
+    assert list(example) == ["instances"]
+    assert list(row) == [*CATEGORICAL, *CONTINUOUS]
+    assert row["colour"] in {"red", "green", "blue"}
+    means = tabular.learn.dls.procs.normalize.means
+    assert [row[c] for c in CONTINUOUS] == [round(float(means[c]), 3) for c in CONTINUOUS]
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] in list(tabular.learn.dls.vocab)

@@ -107,3 +107,28 @@ async def test_the_worked_example_handler() -> None:
     assert prediction["sure"] is True
     assert short.status_code == 422
     assert short.json()["error"] == "instances[0]: expected 8 values, got 7"
+
+
+HANDLER_WITH_EXAMPLE = """
+import numpy as np
+
+example = {"x": 1.5, "y": 2}
+
+
+def preprocess(instances):
+    return np.array([[p["x"], p["y"]] for p in instances], dtype=np.float32)
+"""
+
+
+async def test_a_handlers_example_is_the_openapi_example(tmp_path: Path) -> None:
+    handler = tmp_path / "points.py"
+    handler.write_text(HANDLER_WITH_EXAMPLE)
+    async with serving(adder(tmp_path), handler=str(handler)) as client:
+        schema = (await client.get("/openapi.json")).json()
+        content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+        example = content["application/json"]["example"]
+        response = await client.post("/predict", json=example)
+    assert example == {"instances": [{"x": 1.5, "y": 2}]}
+    assert schema["components"]["schemas"]["PredictRequest"]["examples"] == [example]
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == [[3.5]]

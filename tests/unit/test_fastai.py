@@ -1,5 +1,6 @@
 """fastai exports: format detection, the pickle allowlist, and tabular row validation."""
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +13,7 @@ from ptserve.errors import InvalidInput, ModelLoadError
 from ptserve.learners import LearnerOutputs
 from ptserve.learners.tabular import TabularLearner
 from ptserve.loading import load_model
-from ptserve.loading.detect import detect_format
+from ptserve.loading.detect import detect_format, pickle_globals
 from ptserve.settings import Settings
 
 
@@ -197,3 +198,230 @@ def test_the_unpickler_refuses_to_rewrite_an_allowlisted_class() -> None:
     with pytest.raises(RefusedPickle, match=r"refused to set attributes on .*Victim"):
         unpickler(io.BytesIO(raw)).load()
     assert not hasattr(Victim, "get")
+
+
+class Calls:
+    """Unpickling this calls ``func(*args)`` (a REDUCE)."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> Any:
+        return (self.func, self.args)
+
+
+def test_a_name_listed_as_a_reference_can_be_stored_but_not_called(tmp_path: Path) -> None:
+    from ptserve.loading.restricted import RefusedPickle, restricted_load
+
+    torch.save(Calls(abs, -3), tmp_path / "calls.pkl")
+    torch.save({"f": abs}, tmp_path / "stores.pkl")
+    table = {"builtins.abs": abs}
+    assert restricted_load(tmp_path / "calls.pkl", table) == 3
+    with pytest.raises(RefusedPickle, match=r"refused to call builtins\.abs.*not on the allowlist"):
+        restricted_load(tmp_path / "calls.pkl", table, references=["builtins.abs"])
+    assert restricted_load(tmp_path / "stores.pkl", table, references=["builtins.abs"]) == {
+        "f": abs
+    }
+
+
+def test_a_fastai_export_may_store_a_reference_but_not_call_it(tmp_path: Path) -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from fastai.data.transforms import parent_label
+    from fastai.learner import Learner
+
+    from ptserve.loading.fastai import load_learner_safely
+
+    torch.save({"learner": Learner, "label": parent_label}, tmp_path / "stores.pkl")
+    torch.save({"learner": Learner, "label": Calls(parent_label, "a/b")}, tmp_path / "calls.pkl")
+    assert load_learner_safely(tmp_path / "stores.pkl", [])["label"] is parent_label
+    with pytest.raises(
+        ModelLoadError, match=r"refused to call .*parent_label.*not on the allowlist"
+    ):
+        load_learner_safely(tmp_path / "calls.pkl", [])
+
+
+KINDS = [
+    ("fastai.data.transforms.parent_label", "reference"),  # listed in REFERENCES
+    ("fastai.metrics.accuracy", "reference"),  # a function of a pure-function module
+    ("builtins.print", "reference"),
+    ("fastai.tabular.learner.TabularLearner", "constructor"),  # a fastai class
+    ("plum._function.Function", "constructor"),  # a plum class (fastai's type dispatch)
+    ("collections.defaultdict", "constructor"),  # listed in CONSTRUCTORS
+    ("cloudpickle.cloudpickle._make_function", "constructor"),  # a stand-in
+    ("cloudpickle.cloudpickle._builtin_type", "constructor"),  # a stand-in
+    ("builtins.getattr", "constructor"),  # a stand-in
+    ("cloudpickle.cloudpickle._make_skeleton_class", None),  # would build a class from data
+    ("fastcore.xtras.run", None),  # runs a shell command
+    ("fastai.learner.load_learner", None),
+    ("posix.system", None),
+]
+
+
+@pytest.mark.parametrize(("name", "expected"), KINDS)
+def test_kind_decisions(name: str, expected: str | None) -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from ptserve.loading.fastai import import_entry_points, kind
+
+    import_entry_points()
+    assert kind(name, []) == expected
+
+
+def test_a_code_object_becomes_its_qualified_name_only() -> None:
+    import cloudpickle
+
+    from ptserve.loading.fastai import CodeReference, builtin_type, code_reference
+    from ptserve.loading.restricted import RefusedPickle
+
+    class Holder:
+        def method(self) -> None:
+            raise AssertionError("never run")
+
+    # The arguments cloudpickle stores for types.CodeType(...) (3.11: 18, name, then qualname).
+    _, args = cloudpickle.cloudpickle._code_reduce(Holder.method.__code__)
+    assert builtin_type("CodeType") is code_reference
+    reference = code_reference(*args)
+    assert reference == CodeReference(Holder.method.__qualname__)
+    assert reference.qualname.endswith("<locals>.Holder.method")
+    with pytest.raises(RefusedPickle, match="without a name"):
+        code_reference(*range(18))
+
+
+def test_type_union_and_union_of_fold_types_only() -> None:
+    import functools
+    import operator
+
+    from ptserve.loading.fastai import type_union, union_of
+    from ptserve.loading.restricted import RefusedPickle
+
+    assert type_union(int, str) == int | str
+    assert type_union(int, None) == int | None
+    assert union_of(type_union, [int, str, None]) == int | str | None
+    with pytest.raises(RefusedPickle, match=r"operator\.or_"):
+        type_union({1}, {2})
+    for func in (operator.or_, max, functools.partial(type_union)):
+        with pytest.raises(RefusedPickle, match=r"functools\.reduce"):
+            union_of(func, [int, str])
+
+
+def test_function_state_is_checked_and_dropped() -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from fastai.metrics import accuracy
+
+    from ptserve.loading.fastai import Unavailable, function_state
+    from ptserve.loading.restricted import RefusedPickle
+
+    # cloudpickle's own _function_setstate would set these on the function and its module.
+    planted = {"__globals__": {"_planted": True}, "__defaults__": (1,)}
+    own = {"__module__": "fastai.metrics", "__qualname__": "accuracy", **planted}
+    function_state(accuracy, ({"_planted": True}, own))
+    assert not hasattr(accuracy, "_planted")
+    assert "_planted" not in accuracy.__globals__
+    assert accuracy.__defaults__ != (1,)
+    with pytest.raises(RefusedPickle, match="naming"):
+        function_state(accuracy, ({}, {**own, "__qualname__": "error_rate"}))
+    with pytest.raises(RefusedPickle, match="naming"):
+        function_state(Unavailable("m", "f"), ({}, {"__module__": "m", "__qualname__": "g"}))
+    with pytest.raises(RefusedPickle, match="set the state"):
+        function_state(print, ({}, own))
+
+
+def test_stored_functions_give_installed_allowlisted_functions_or_placeholders(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from fastai.metrics import accuracy
+
+    from ptserve.loading.fastai import (
+        CodeReference,
+        StoredFunctions,
+        Unavailable,
+        import_entry_points,
+    )
+    from ptserve.loading.restricted import RefusedPickle
+
+    import_entry_points()
+    stored = StoredFunctions(())
+    assert stored(CodeReference("accuracy"), {"__name__": "fastai.metrics"}) is accuracy
+    system = stored(CodeReference("system"), {"__name__": "posix"})
+    assert system == Unavailable("posix", "system")
+    marker = tmp_path / "ran"
+    with pytest.raises(RuntimeError, match=r"posix\.system is stored as code"):
+        system(f"touch {marker}")
+    assert not marker.exists()
+    assert stored.unavailable == ["posix.system"]
+    with pytest.raises(RefusedPickle, match="without a code object"):
+        stored(compile("1", "<x>", "eval"), {"__name__": "posix"})
+
+
+def test_a_cloudpickled_lambda_is_never_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A label function stored as code (cloudpickle, as learn.export does) loads as a
+    placeholder: its code is never built, let alone run."""
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    import cloudpickle
+    from fastai.learner import Learner
+
+    from ptserve.loading.fastai import Unavailable, import_entry_points, load_learner_safely
+
+    marker = tmp_path / "ran"
+    f = lambda path=str(marker): Path(path).touch()  # noqa: E731
+    path = tmp_path / "export.pkl"
+    torch.save({"learner": Learner, "f": f}, path, pickle_module=cloudpickle, pickle_protocol=2)
+    import_entry_points()
+    assert detect_format(path) == "fastai"
+    caplog.set_level(logging.WARNING, logger="ptserve")
+    loaded = load_learner_safely(path, [])
+    assert loaded["learner"] is Learner
+    assert isinstance(loaded["f"], Unavailable)
+    assert loaded["f"].qualname == f.__qualname__
+    with pytest.raises(RuntimeError, match="does not run code from model files"):
+        loaded["f"]()
+    assert not marker.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ptserve"]
+    assert any(f"carries the code of {__name__}.{f.__qualname__}" in w for w in warnings)
+    torch.load(path, weights_only=False)["f"]()  # the payload is live: an unchecked load runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "qualname"),
+    [
+        ("pathlib", "Path.unlink"),  # deletes a file
+        ("fastcore.xtras", "Path.delete"),  # fastcore's @patch: deletes a file or a tree
+        ("fastai.learner", "Learner.export"),  # writes a file
+    ],
+)
+def test_stored_code_never_resolves_to_a_file_touching_method(module: str, qualname: str) -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from ptserve.loading.fastai import (
+        CodeReference,
+        StoredFunctions,
+        Unavailable,
+        import_entry_points,
+    )
+
+    import_entry_points()
+    stored = StoredFunctions(())
+    assert isinstance(stored(CodeReference(qualname), {"__name__": module}), Unavailable)
+
+
+def test_a_cloudpickled_closure_loads_as_a_placeholder(tmp_path: Path) -> None:
+    """A label function that closes over a variable (cloudpickle's _make_cell) loads too."""
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    import cloudpickle
+    from fastai.learner import Learner
+
+    from ptserve.loading.fastai import Unavailable, import_entry_points, load_learner_safely
+
+    suffix = "-label"
+
+    def label(path: str) -> str:
+        return Path(path).parent.name + suffix
+
+    path = tmp_path / "export.pkl"
+    torch.save({"learner": Learner, "f": label}, path, pickle_module=cloudpickle, pickle_protocol=2)
+    assert "cloudpickle.cloudpickle._make_cell" in pickle_globals(path)
+    import_entry_points()
+    assert isinstance(load_learner_safely(path, [])["f"], Unavailable)
+    assert torch.load(path, weights_only=False)["f"]("a/b.png") == "a-label"  # a real closure

@@ -68,7 +68,8 @@ def test_preprocess_outputs_are_matched_to_inputs_and_cast() -> None:
 @pytest.mark.parametrize(
     "produced",
     [np.zeros((3, 2)), (np.zeros((3, 3)), np.zeros((3, 5))), {"a": np.zeros((3, 2))},
-     (np.zeros((3, 2)), np.zeros((2, 5))), "text"],
+     (np.zeros((3, 2)), np.zeros((2, 5))), "text",
+     (np.zeros((3, 2)), np.zeros((3, 5)))],  # fits the inputs, but 3 samples for 1 instance
 )  # fmt: skip
 def test_unusable_preprocess_outputs_are_a_500(
     produced: object, caplog: pytest.LogCaptureFixture
