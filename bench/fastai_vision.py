@@ -65,12 +65,14 @@ def main() -> None:
             name: measure(name, args.export, body, args.concurrency, args.duration, work)
             for name in SERVERS
         }
-    rows = ["server    conc    req/s    p50 ms    p99 ms   ratio (req/s)"]
+    rows = ["server    conc    req/s    p50 ms    p99 ms  errors   ratio (req/s)"]
     for name, points in results.items():
         for point, base in zip(points, results["textbook"], strict=True):
+            errors = point.non_2xx + point.socket_errors + point.timeouts
+            ratio = point.req_per_s / base.req_per_s if base.req_per_s else float("nan")
             rows.append(
                 f"{name:<9}{point.concurrency:>5}{point.req_per_s:>9.1f}{point.p50_ms or 0:>10.2f}"
-                f"{point.p99_ms or 0:>10.2f}{point.req_per_s / base.req_per_s:>10.2f}x"
+                f"{point.p99_ms or 0:>10.2f}{errors:>8}{ratio:>10.2f}x"
             )
     sys.stdout.write("\n".join(rows) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
