@@ -118,6 +118,20 @@ class Batcher:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="ptserve-batcher")
+        self._task.add_done_callback(self._stopped)
+
+    @property
+    def crashed(self) -> bool:
+        """Whether the batch loop ended with an error (a restart is the cure)."""
+        task = self._task
+        return task is not None and task.done() and not task.cancelled() and bool(task.exception())
+
+    def _stopped(self, task: "asyncio.Task[None]") -> None:
+        """A crashed loop would leave every request waiting: say so, and fail queued work."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical("the batch loop stopped", exc_info=task.exception())
+        self._drop(list(self.queue), ModelFailure("the server's batch loop stopped"))
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the loop."""
@@ -214,13 +228,7 @@ class Batcher:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
-                if (
-                    self.policy.wait_time(
-                        self.clock(), self.queue[0].enqueued, self.queued_samples, self.arriving
-                    )
-                    > 0
-                ):
-                    continue
+                continue  # look again: meanwhile requests may have come, or gone (disconnects)
             await self._slots.acquire()  # meanwhile the queue fills: bigger batches
             batch = self._take()
             if not batch:

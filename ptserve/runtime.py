@@ -34,6 +34,12 @@ class Runtime:
             )
         return self.service
 
+    def check_live(self) -> None:
+        """503 when the batch loop has crashed: the process cannot make progress, and a restart
+        is the cure (what orchestrators do on a failed liveness probe)."""
+        if self.service is not None and self.service.batcher.crashed:
+            raise NotReady("the batch loop stopped; restart this instance")
+
     def busy(self) -> bool:
         """Whether accepted work is still arriving, queued or running."""
         return self.service is not None and self.service.batcher.busy()

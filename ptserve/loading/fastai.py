@@ -4,21 +4,27 @@ A fastai export is a pickle of a whole ``Learner``. It is read by
 :func:`ptserve.loading.restricted.restricted_load`, where only allowlisted objects can be called,
 with this allowlist:
 
-* **fastai-family classes**: a *class* (never a function) defined in ``fastai``, ``fastcore``,
-  ``fasttransform`` (or a pandas data structure: frame, series, index, array, dtype, block,
-  scalar), from a module that fastai's learner packages import themselves (a pickle cannot
-  make ptserve import a new module), except classes whose construction touches files,
-  processes, threads or the network (:data:`DENIED`). Unpickling calls a class (its
-  constructor or ``__new__``) and its ``__setstate__``; for these classes that only builds
-  objects in memory.
-* **torch.nn building blocks**: as for any pickle (``nn.Module`` subclasses in ``torch.nn``).
-* **A curated set of other globals** (:data:`EXPLICIT`), each with the reason it is safe: the
-  numpy and pandas reconstruction helpers, a few standard-library data classes, and the pure
-  functions a Learner keeps (its metrics, optimiser and splitter).
-* **Stand-ins** for the two dangerous globals exports use: ``getattr`` and cloudpickle's
-  ``_builtin_type`` (for ``types.MethodType``). fastai pickles a bound method as
-  ``MethodType(getattr(Class, "name"), obj)``; the stand-ins allow exactly the
-  ``(class, method)`` pairs in :data:`METHODS`, bound to an instance of that class.
+* **fastai-family classes**: a *class* defined in ``fastai``, ``fastcore``, ``fasttransform``
+  or ``plum`` (or a pandas data structure: frame, series, index, array, dtype, block, scalar),
+  from a module that fastai's learner packages import themselves (a pickle cannot make ptserve
+  import a new module), except classes whose construction touches files, processes, threads or
+  the network (:data:`DENIED`). Unpickling calls a class (its constructor or ``__new__``) and
+  its ``__setstate__``; for these classes that only builds objects in memory.
+* **nn.Module building blocks**: those in ``torch.nn`` (as for any pickle) and torchvision's.
+* **Value constructors** (:data:`CONSTRUCTORS`), each with the reason it is safe: numpy and
+  pandas reconstruction helpers, value types, a few standard-library data classes.
+* **References** (:data:`REFERENCES`, the functions of :data:`PURE_FUNCTION_MODULES`, the model
+  builders of :data:`MODEL_BUILDER_MODULES`): functions a Learner keeps (metrics, optimiser,
+  splitter, label function, architecture). The pickle may store them, never call them; fastai
+  may call them later on data ptserve gives it, so each is harmless on any input.
+* **Stand-ins** (:data:`STAND_INS`) for the dangerous globals exports use. fastai pickles a
+  bound method as ``MethodType(getattr(Class, "name"), obj)``: ``getattr`` and cloudpickle's
+  ``_builtin_type`` allow exactly the ``(class, method)`` pairs in :data:`METHODS` (and a
+  classmethod of an allowlisted class bound to it). cloudpickle stores some functions as code
+  (``_make_function``): ptserve never builds one; it takes the code's name and gives the
+  installed function when that is a reference or in :data:`STORED_METHODS`, else an
+  :class:`Unavailable` placeholder that fails when called. Its other helpers (cells, module
+  imports, the ``reduce(or_, types)`` of an annotation) get inert or type-only stand-ins.
 
 Anything else is refused before a byte is unpickled, naming the globals; ``--trust-module
 fastai`` trusts the whole fastai package's code instead (its ``load_learner``, its shell helpers).

@@ -9,9 +9,11 @@ from ptserve.protocols.schemas import error_responses
 router = APIRouter(tags=["service"])
 
 
-@router.get("/health/live")
-async def live() -> dict[str, str]:
-    """The process is up and answering."""
+@router.get("/health/live", responses=error_responses({503: "The batch loop stopped"}))
+async def live(request: Request) -> dict[str, str]:
+    """The process is up and can make progress: 503 if its batch loop has stopped (a restart
+    is the cure)."""
+    request.app.state.runtime.check_live()
     return {"status": "alive"}
 
 

@@ -53,7 +53,9 @@ MAX_DIGITS = 18  # a header length beyond int64 is no length
 def install(app: FastAPI) -> None:
     """Add the ``/v2`` routes."""
     app.add_api_route("/v2", server_metadata, methods=["GET"], tags=[TAG])
-    app.add_api_route("/v2/health/live", server_live, methods=["GET"], tags=[TAG])
+    app.add_api_route(
+        "/v2/health/live", server_live, methods=["GET"], tags=[TAG], responses=NOT_READY
+    )
     app.add_api_route(
         "/v2/health/ready", server_ready, methods=["GET"], tags=[TAG], responses=NOT_READY
     )
@@ -72,8 +74,9 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "ptserve", "version": __version__, "extensions": EXTENSIONS}
 
 
-async def server_live() -> dict[str, bool]:
-    """The process is up and answering."""
+async def server_live(request: Request) -> dict[str, bool]:
+    """The process is up and can make progress (503 if its batch loop has stopped)."""
+    request.app.state.runtime.check_live()
     return {"live": True}
 
 

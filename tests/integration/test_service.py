@@ -3,7 +3,7 @@ import pytest
 
 from ptserve.app import create_app
 from ptserve.settings import EXAMPLE_MODEL, Settings
-from tests.conftest import serving
+from tests.conftest import serving, serving_app
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +88,30 @@ async def test_docs_are_served_from_the_package() -> None:
     assert script.status_code == 200
     assert len(script.content) > 100_000
     assert css.status_code == 200
+
+
+async def test_a_crashed_batch_loop_fails_liveness_and_queued_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Should the batch loop ever die (a bug), requests must not hang silently: queued work
+    fails, the log says why, and liveness turns 503 so the orchestrator restarts the process."""
+
+    class Broken:
+        max_batch_size = 32
+
+        def wait_time(self, *args: object) -> float:
+            raise RuntimeError("a bug in the batch policy")
+
+    async with serving_app(EXAMPLE_MODEL) as (app, client):
+        app.state.runtime.service.batcher.policy = Broken()
+        predict = await client.post("/predict", json={"instances": [[0] * 64]})
+        live = await client.get("/health/live")
+        v2_live = await client.get("/v2/health/live")
+    assert predict.status_code == 500
+    assert predict.json()["error"] == "the server's batch loop stopped"
+    assert (live.status_code, live.json()["code"]) == (503, "not_ready")
+    assert v2_live.status_code == 503
+    assert "batch loop stopped" in v2_live.json()["error"]
+    (crash,) = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert crash.getMessage() == "the batch loop stopped"
+    assert "a bug in the batch policy" in caplog.text

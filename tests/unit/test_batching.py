@@ -286,3 +286,19 @@ async def test_with_two_inference_threads_two_batches_are_in_the_model_at_once()
         results = await asyncio.gather(first, second)
     assert sorted(batch[0] for batch in model.batches) == [1.0, 2.0]
     assert [r[0][0, 0] for r in results] == [2.0, 4.0]
+
+
+async def test_a_request_cancelled_while_the_loop_waits_for_arrivals_leaves_it_working() -> None:
+    """The batch loop waits for an arriving request; meanwhile the only queued request goes
+    away (its client disconnected). The loop must go on serving, not die on an empty queue."""
+    model = GatedModel()
+    model.gate.set()
+    async with batcher(model, max_delay=0.05) as b:
+        with b.arrival():  # another request is on its way: the loop waits for it
+            gone = asyncio.ensure_future(b.submit(sample(5), timeout=30))
+            await settle()
+            gone.cancel()
+            await asyncio.sleep(0.1)  # past the delay: the loop re-evaluates an empty queue
+        (out,) = await asyncio.wait_for(b.submit(sample(1), timeout=30), 5)
+    np.testing.assert_array_equal(out, [[2.0, 2.0]])
+    assert model.batches == [[1.0]]
