@@ -1,5 +1,6 @@
 """A fastai tabular export over HTTP: batched predictions equal ``learn.predict`` row by row."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,3 +100,36 @@ async def test_the_openapi_example_is_a_row_of_the_learners_columns(
     assert [row[c] for c in CONTINUOUS] == [round(float(means[c]), 3) for c in CONTINUOUS]
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["label"] in list(tabular.learn.dls.vocab)
+
+
+def test_info_gives_each_global_its_verdict(tabular: TabularExport) -> None:
+    from ptserve.inspect import describe_file
+    from ptserve.settings import Settings
+
+    info = describe_file(Settings(model_path=tabular.path))
+    imports = info["imports"]
+    assert "fastai.tabular.learner.TabularLearner (allowed)" in imports
+    assert "builtins.getattr (replaced by a safe stand-in)" in imports
+    assert (
+        "fastai.torch_core.trainable_params (allowed as data: stored, never called while loading)"
+        in imports
+    )
+    assert not [i for i in imports if i.endswith("(refused)")]
+    assert info["inputs"] == ["x_cat: int64 [1] per sample", "x_cont: float32 [4] per sample"]
+
+
+def test_info_names_a_refused_global_and_loads_nothing(tmp_path: Path) -> None:
+    import os
+
+    import torch
+    from fastai.learner import Learner
+
+    from ptserve.inspect import describe_file
+    from ptserve.settings import Settings
+
+    torch.save({"learner": Learner, "run": os.system}, tmp_path / "export.pkl")
+    info = describe_file(Settings(model_path=tmp_path / "export.pkl"))
+    assert info["format"] == "fastai"
+    assert "posix.system (refused)" in info["imports"]
+    assert "refusing to unpickle" in info["not loaded"]
+    assert "parameters" not in info
