@@ -162,6 +162,8 @@ class Batcher:
         pass before the work starts; work that expired is never computed.
         """
         size = len(arrays[0])
+        if self._task is not None and self._task.done():
+            raise ModelFailure("the server's batch loop stopped")
         if self.queued_samples + size > self.max_queue:
             raise Overloaded(
                 f"the server is at capacity ({self.queued_samples} samples queued); retry shortly"

@@ -82,18 +82,23 @@ def render_digits(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def train_vision(folder: Path, grey: bool = False) -> VisionExport:
+def train_vision(folder: Path, grey: bool = False, augmented: bool = False) -> VisionExport:
     """A resnet18 ``vision_learner`` (random init), one short epoch on 300 digit images, exported
     to ``folder/export.pkl``. ``grey``: PILImageBW inputs and a lambda labeller (which
-    cloudpickle stores as code, as a notebook's label function is); else RGB ``from_folder``."""
+    cloudpickle stores as code, as a notebook's label function is); ``augmented``: read from a
+    DataFrame (``from_df``), with ``aug_transforms`` and ImageNet ``Normalize`` as batch
+    transforms, as most real exports have; else RGB ``from_folder``."""
     from fastai.vision.all import (
         CategoryBlock,
         DataBlock,
         ImageBlock,
         ImageDataLoaders,
+        Normalize,
         PILImageBW,
         RandomSplitter,
         Resize,
+        aug_transforms,
+        imagenet_stats,
         resnet18,
         set_seed,
         vision_learner,
@@ -109,6 +114,19 @@ def train_vision(folder: Path, grey: bool = False) -> VisionExport:
             item_tfms=Resize(28),
         )
         dls = block.dataloaders(paths, bs=32, num_workers=0)
+    elif augmented:
+        import pandas as pd
+
+        names = [str(p.relative_to(folder / "png")) for p in paths]
+        frame = pd.DataFrame({"name": names, "label": [p.parent.name for p in paths]})
+        batch_tfms = [
+            *aug_transforms(size=32, min_scale=0.8),
+            Normalize.from_stats(*imagenet_stats),
+        ]
+        dls = ImageDataLoaders.from_df(
+            frame, path=folder / "png", valid_pct=0.2, seed=0, item_tfms=Resize(32),
+            batch_tfms=batch_tfms, bs=32, num_workers=0,
+        )  # fmt: skip
     else:
         dls = ImageDataLoaders.from_folder(
             folder / "png", valid_pct=0.2, seed=0, item_tfms=Resize(32), bs=32, num_workers=0

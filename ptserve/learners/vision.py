@@ -42,16 +42,21 @@ class VisionLearner:
     @classmethod
     def of(cls, learn: Any, max_pixels: int) -> "VisionLearner | None":
         """The vision view of ``learn``, or None when its inputs are not images."""
-        image = _created_image(learn)
-        if image is None:
+        kind = _image_kind(learn)
+        if kind is None:
             return None
         from fastai.data.core import test_set
 
         vision = cls(learn, max_pixels)
-        vision.image_type, vision.mode = type(image), image.mode
-        # the input pipeline test_dl would apply to such images (its type transform dropped)
-        (tfms,) = test_set(learn.dls.valid_ds, [vision._blank((2, 2))]).tls
+        vision.image_type, vision.mode = kind
+        # the input pipeline test_dl applies to images of that type (reading and creating skipped)
+        test = test_set(learn.dls.valid_ds, [vision._blank((2, 2))])
+        (tfms,) = test.tls
         vision.x_tfms = tfms.tfms
+        # and, as iterating test_dl does (TfmdDL.before_iter), the DataLoader's pipelines in the
+        # test set's split: augmentations meant for training stay off
+        for name in ("after_item", "before_batch", "after_batch"):
+            getattr(learn.dls.valid, name).split_idx = test.split_idx
         vision.signature = vision.probe()
         return vision
 
@@ -109,20 +114,24 @@ class VisionLearner:
         return self.image_type(Image.new(self.mode, size))
 
 
-def _created_image(learn: Any) -> Image.Image | None:
-    """What the learner's input pipeline makes of a tiny PNG: a fastai image for a vision
-    learner; None for other learners (their pipelines refuse or ignore it)."""
-    tfms = getattr(getattr(learn.dls, "valid_ds", None), "tfms", None)
-    if not tfms:
+def _image_kind(learn: Any) -> tuple[type, str] | None:
+    """The image type a learner's input pipeline creates, and its mode: what ``test_dl`` makes
+    of a decoded image (after the steps that read a path or a column); None when its inputs are
+    not images."""
+    datasets = getattr(learn.dls, "valid_ds", None)
+    if not hasattr(datasets, "tls"):  # tabular learners keep a TabularPandas
         return None
-    buffer = io.BytesIO()
-    Image.new("RGB", (2, 2)).save(buffer, "PNG")
+    from fastai.data.core import test_set
+
+    blank = Image.new("RGB", (2, 2))
     try:
-        created = tfms[0](buffer.getvalue())
-    except Exception:
+        (inputs,) = test_set(datasets, [blank]).tls
+        created = inputs.tfms(blank)
+    except Exception:  # not an image pipeline (or several inputs)
         return None
     if not isinstance(created, Image.Image):
         return None
-    if created.mode not in ("RGB", "L"):
-        raise ModelLoadError(f"a fastai vision learner with {created.mode} images is not supported")
-    return created
+    mode = getattr(type(created), "_open_args", {}).get("mode", created.mode)
+    if mode not in ("RGB", "L"):
+        raise ModelLoadError(f"a fastai vision learner with {mode} images is not supported")
+    return type(created), mode

@@ -4,12 +4,13 @@ A fastai export is a pickle of a whole ``Learner``. It is read by
 :func:`ptserve.loading.restricted.restricted_load`, where only allowlisted objects can be called,
 with this allowlist:
 
-* **fastai-family classes**: a *class* defined in ``fastai``, ``fastcore``, ``fasttransform``
-  or ``plum`` (or a pandas data structure: frame, series, index, array, dtype, block, scalar),
-  from a module that fastai's learner packages import themselves (a pickle cannot make ptserve
-  import a new module), except classes whose construction touches files, processes, threads or
-  the network (:data:`DENIED`). Unpickling calls a class (its constructor or ``__new__``) and
-  its ``__setstate__``; for these classes that only builds objects in memory.
+* **fastai-family classes**: the classes tabular and vision exports contain, listed one by one
+  (:data:`FASTAI_CLASSES`), the nn.Module building blocks of fastai's and torchvision's model
+  modules, fastai's image augmentations, and pandas data structures (frame, series, index,
+  array, dtype, block, scalar). A class is listed when it only holds data or computes on
+  tensors, images or frames; classes that look things up by a stored name or call what they
+  hold with stored arguments (fastcore's ``bind``, ``_Self``) are not: they would let a pickle
+  walk from a function to the builtins.
 * **nn.Module building blocks**: those in ``torch.nn`` (as for any pickle) and torchvision's.
 * **Value constructors** (:data:`CONSTRUCTORS`), each with the reason it is safe: numpy and
   pandas reconstruction helpers, value types, a few standard-library data classes.
@@ -31,16 +32,12 @@ fastai`` trusts the whole fastai package's code instead (its ``load_learner``, i
 """
 
 import builtins
-import concurrent.futures
 import contextlib
 import functools
 import importlib
 import inspect
-import io
 import logging
-import subprocess
 import sys
-import threading
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,27 +53,62 @@ from ptserve.loading.safety import import_global, is_allowed
 
 log = logging.getLogger("ptserve")
 
-FAMILY = ("fastai", "fastcore", "fasttransform", "plum", "pandas")
 # Imported before the allowlist is read: a global's module must be one of theirs (or one they
 # import), so the pickle decides nothing about what gets imported.
 ENTRY_POINTS = ("fastai.learner", "fastai.tabular.all")
 OPTIONAL_ENTRY_POINTS = ("fastai.vision.all",)  # needs torchvision
 
-DENIED = frozenset(
+# The fastai-family classes tabular and vision exports contain, each reviewed: it only holds
+# data, or it computes on tensors, images or frames, or it calls callables the pickle gave it
+# (which can only be other allowlisted objects, each safe with any arguments). Not listed, on
+# purpose: classes that look up attributes or items by a stored name, import by name, or
+# format strings (fastcore's bind, _Self, Func, PartialFormatter, fastai's AttrGetter,
+# ItemGetter, Lambda, plum's ModuleType, ...): with them, a pickle could walk from a function
+# to the builtins. Other classes need --trust-module.
+FASTAI_CLASSES = frozenset(
     {
-        "fastcore.xtras.Config",  # creates its folder on construction
-        "fastcore.parallel.ThreadPoolExecutor",  # thread and process pools
-        "fastcore.parallel.ProcessPoolExecutor",
-        "fastcore.aio.Debounce",  # schedules calls on an event loop
-        "fastai.callback.core.GatherPredsCallback",  # may save predictions to files
+        # learners, data loaders, datasets
+        "fastai.learner.Learner", "fastai.tabular.learner.TabularLearner",
+        "fastai.data.core.DataLoaders", "fastai.data.core.TfmdDL", "fastai.data.core.Datasets",
+        "fastai.data.core.FilteredBase", "fastai.data.core.TfmdLists",
+        "fastai.data.load._FakeLoader",
+        "fastai.tabular.core.TabularPandas", "fastai.tabular.core.TabWeightedDL",
+        "fastai.tabular.core.ReadTabBatch", "fastai.tabular.data.TabularDataLoaders",
+        # transforms and procs
+        "fasttransform.transform.Pipeline", "fasttransform.transform.Transform",
+        "fastai.data.transforms.Categorize", "fastai.data.transforms.CategoryMap",
+        "fastai.data.transforms.MultiCategorize", "fastai.data.transforms.OneHotEncode",
+        "fastai.data.transforms.EncodedMultiCategorize", "fastai.data.transforms.RegressionSetup",
+        "fastai.data.transforms.IntToFloatTensor", "fastai.data.transforms.Normalize",
+        "fastai.data.transforms.ToTensor", "fastai.data.transforms.ColReader",  # r[col] only
+        "fastai.tabular.core.Categorify", "fastai.tabular.core.FillMissing",
+        "fastai.tabular.core.FillStrategy",
+        # tensor and image types
+        "fastai.torch_core.TensorBase", "fastai.torch_core.TensorCategory",
+        "fastai.torch_core.TensorMultiCategory", "fastai.torch_core.TensorImage",
+        "fastai.torch_core.TensorImageBW", "fastai.torch_core.TensorMask",
+        "fastai.vision.core.PILImage", "fastai.vision.core.PILImageBW",
+        # training state a Learner keeps: callbacks, recorder, losses, metrics
+        "fastai.callback.core.TrainEvalCallback", "fastai.callback.progress.ProgressCallback",
+        "fastai.learner.Recorder", "fastai.learner.CastToTensor", "fastai.learner.AvgLoss",
+        "fastai.learner.AvgMetric", "fastai.learner.AvgSmoothLoss", "fastai.metrics.AccumMetric",
+        "fastai.losses.BaseLoss", "fastai.losses.CrossEntropyLossFlat",
+        "fastai.losses.BCEWithLogitsLossFlat", "fastai.losses.BCELossFlat",
+        "fastai.losses.MSELossFlat", "fastai.losses.L1LossFlat",
+        "fastai.losses.LabelSmoothingCrossEntropyFlat", "fastai.losses.FocalLossFlat",
+        # containers
+        "fastcore.foundation.L", "fastcore.basics.fastuple", "fastcore.basics.AttrDict",
+        # plum's dispatch tables (fasttransform's Transforms): they call stored functions
+        "plum._function.Function", "plum._method.Method", "plum._method.MethodList",
+        "plum._resolver.Resolver", "plum._signature.Signature", "plum._util.Missing",
     }
-)
-DENIED_BASES: tuple[type, ...] = (
-    threading.Thread,
-    concurrent.futures.Executor,
-    io.IOBase,
-    subprocess.Popen,
-)
+)  # fmt: skip
+# Modules whose nn.Module classes are model building blocks (fastai's tabular and vision
+# heads, torchvision's architectures), except the two that call a stored function.
+MODEL_MODULES = ("fastai.layers", "fastai.tabular.model", "fastai.vision", "torchvision.models")
+CALLING_MODULES = frozenset({"fastai.layers.Lambda", "fastai.layers.PartialLambda"})
+# Image augmentations (aug_transforms, Resize, crops) and their helpers: compute on images.
+AUGMENT_MODULE = "fastai.vision.augment"
 
 # Called while unpickling: each only builds a value in memory from the pickle's data.
 CONSTRUCTORS: dict[str, str] = {
@@ -105,6 +137,7 @@ CONSTRUCTORS: dict[str, str] = {
     "pathlib.WindowsPath": "a path value",
     "pathlib.PurePosixPath": "a path value",
     "random.Random": "a random generator's state",
+    "functools.partial": "binds arguments to an allowlisted callable (a metric); calls nothing",
     "PIL.Image.Resampling": "an enum (Resize's resampling filters)",
     # numpy and pandas reconstruction helpers: build arrays, frames and indexes from data
     "numpy._core.multiarray._reconstruct": "allocates an empty ndarray",
@@ -135,6 +168,9 @@ REFERENCES: dict[str, str] = {
     "fastai.torch_core.params": "splitter: lists a module's parameters",
     "fastai.layers.trunc_normal_": "initialiser of tensors",
     "fastai.vision.learner._resnet_split": "splitter: groups a ResNet's parameters",
+    "fastai.vision.augment.flip_mat": "an augmentation's affine matrix from tensors",
+    "fastai.vision.augment.rotate_mat": "an augmentation's affine matrix from tensors",
+    "fastai.vision.augment.zoom_mat": "an augmentation's affine matrix from tensors",
 }
 # Module-level functions of these modules are references too: metrics, optimisers and losses
 # compute on tensors (or build an optimiser over parameters), nothing else.
@@ -149,7 +185,12 @@ STORED_METHODS: dict[str, str] = {
 }
 
 # Bound methods an export may rebuild: (defining class, method name).
-METHODS = frozenset({("fastai.data.core.FilteredBase", "dataloaders")})
+METHODS = frozenset(
+    {
+        ("fastai.data.core.FilteredBase", "dataloaders"),
+        ("fastai.torch_core.TensorImage", "lighting"),  # brightness/contrast augmentations
+    }
+)
 
 # Stand-ins for the globals exports use that would be dangerous as themselves; see the module
 # docstring. Filled in below the functions they name.
@@ -408,7 +449,8 @@ def _installed_function(
     reference, one of :data:`STORED_METHODS`, or anything in a trusted module (``--trust-module``).
     Other methods of allowlisted classes are not admitted: ``Path.unlink`` is one."""
     name = f"{module}.{qualname}"
-    if name not in STORED_METHODS and kind(name, trusted) is None:
+    listed = name in STORED_METHODS or kind(name, ()) == "reference"
+    if not listed and not is_allowed(name, trusted):  # never a stand-in's real function
         return None
     holder: object = sys.modules.get(module)
     for part in qualname.split("."):
@@ -436,16 +478,18 @@ def _a_type(value: object) -> bool:
 
 
 def _family_class(cls: type, name: str) -> bool:
-    package = cls.__module__.split(".")[0]
-    if package == "torchvision":  # its model building blocks only
-        return issubclass(cls, torch.nn.Module)
-    if package not in FAMILY:
-        return False
-    if package == "pandas":  # its public classes all claim module "pandas", readers included
+    """Whether ``cls`` is an allowlisted fastai-family class (see :data:`FASTAI_CLASSES`)."""
+    qualified = _qualified(cls)
+    if qualified in FASTAI_CLASSES or name in FASTAI_CLASSES:
+        return True
+    module = cls.__module__
+    if issubclass(cls, torch.nn.Module):
+        return module.startswith(MODEL_MODULES) and qualified not in CALLING_MODULES
+    if module == AUGMENT_MODULE:
+        return True
+    if module.split(".")[0] == "pandas":  # its public classes all claim module "pandas"
         return issubclass(cls, _pandas_data_classes())
-    if name in DENIED or _qualified(cls) in DENIED:
-        return False
-    return not issubclass(cls, DENIED_BASES)
+    return False
 
 
 def _pandas_data_classes() -> tuple[type, ...]:

@@ -42,15 +42,32 @@ def unpickler_class(allowed: Mapping[str, object], references: Collection[str] =
     """The restricted Unpickler class for ``allowed`` plus torch's weights-only globals; the
     names in ``references`` can be stored, never called."""
     table = {**torch._weights_only_unpickler._get_allowed_globals(), **allowed}
+    callables = {
+        id(obj): obj for name, obj in table.items() if callable(obj) and name not in references
+    }
+    global_ids = frozenset(id(obj) for obj in table.values())
+
+    def rebuild_from_type(func: object, new_type: object, args: Any, state: Any) -> Any:
+        """torch's ``_rebuild_from_type_v2`` calls ``func(*args)``: only an allowlisted func,
+        and a type from the allowlist."""
+        if callables.get(id(func)) is not func:
+            raise RefusedPickle(f"refused to call {_name(func)}: it is not on the allowlist")
+        if id(new_type) not in global_ids:
+            raise RefusedPickle(f"refused tensor type {_name(new_type)}")
+        return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)  # type: ignore[no-untyped-call]
+
+    table[REBUILD_FROM_TYPE] = rebuild_from_type
+    callables[id(rebuild_from_type)] = rebuild_from_type
 
     class Unpickler(_RestrictedUnpickler):
         globals_table = table
-        callable_ids: ClassVar[Mapping[int, object]] = {
-            id(obj): obj for name, obj in table.items() if callable(obj) and name not in references
-        }
-        global_ids = frozenset(id(obj) for obj in table.values())
+        callable_ids: ClassVar[Mapping[int, object]] = callables
+        global_ids: ClassVar[frozenset[int]] = frozenset(id(obj) for obj in table.values())
 
     return Unpickler
+
+
+REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 
 
 # The pure-Python unpickler: unlike the C one, its opcodes can be overridden one by one.
@@ -95,17 +112,63 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
         cls = self._callable(self.stack.pop())
         self.append(cls.__new__(cls, *args, **kwargs))
 
+    # The methods the opcodes below call are looked up on the object's *class* (allowlisted
+    # code), never on the instance: a pickle can put anything in an instance's __dict__.
+
     def load_build(self) -> None:
         # BUILD sets attributes on the object under its state; on an allowlisted global (a
         # class, a function) that would rewrite code the whole process shares.
-        if id(self.stack[-2]) in self.global_ids:
-            raise RefusedPickle(f"refused to set attributes on {_name(self.stack[-2])}")
-        super().load_build()
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if id(inst) in self.global_ids:
+            raise RefusedPickle(f"refused to set attributes on {_name(inst)}")
+        setstate = getattr(type(inst), "__setstate__", None)
+        if setstate is not None:
+            setstate(inst, state)
+            return
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        if state:
+            inst.__dict__.update(state)
+        for key, value in (slots or {}).items():
+            setattr(inst, key, value)
+
+    def load_append(self) -> None:
+        value = self.stack.pop()
+        self._extend(self.stack[-1], [value])
+
+    def load_appends(self) -> None:
+        items = self.pop_mark()
+        self._extend(self.stack[-1], items)
+
+    def _extend(self, obj: object, items: list[Any]) -> None:
+        extend = getattr(type(obj), "extend", None)
+        if extend is not None:
+            extend(obj, items)
+            return
+        append = getattr(type(obj), "append", None)
+        if append is None:
+            raise RefusedPickle(f"refused to append to a {type(obj).__name__}")
+        for item in items:
+            append(obj, item)
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        obj = self.stack[-1]
+        add = getattr(type(obj), "add", None)
+        if add is None:
+            raise RefusedPickle(f"refused to add items to a {type(obj).__name__}")
+        for item in items:
+            add(obj, item)
 
     def load_refused(self) -> None:
         raise RefusedPickle("refused a protocol 0/1 instance opcode (INST or OBJ)")
 
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.APPEND[0]] = load_append
+    dispatch[pickle.APPENDS[0]] = load_appends
+    dispatch[pickle.ADDITEMS[0]] = load_additems
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex

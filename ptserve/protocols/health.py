@@ -20,7 +20,9 @@ async def live(request: Request) -> dict[str, str]:
 @router.get("/health/ready", responses=error_responses({503: "Loading or draining"}))
 async def ready(request: Request) -> dict[str, str]:
     """The model is loaded and warmed up; 503 otherwise."""
-    request.app.state.runtime.serving()
+    runtime = request.app.state.runtime
+    runtime.serving()
+    runtime.check_live()
     return {"status": "ready"}
 
 

@@ -42,6 +42,11 @@ def grey(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
     return train_vision(tmp_path_factory.mktemp("vision-grey"), grey=True)
 
 
+@pytest.fixture(scope="session")
+def augmented(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
+    return train_vision(tmp_path_factory.mktemp("vision-augmented"), augmented=True)
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -223,3 +228,13 @@ def test_a_vision_export_with_a_payload_is_refused_and_runs_nothing(
     # the payload is live: an unchecked load runs it
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+async def test_a_learner_read_from_a_frame_with_augmentations_serves(
+    augmented: VisionExport,
+) -> None:
+    """from_df (a ColReader before the image is created), aug_transforms and Normalize: the
+    augmentations are for training only, as in learn.predict."""
+    async with serving(augmented.path) as client:
+        response = await client.post("/predict", **as_files(augmented.images))
+    assert_equal_to_learn_predict(augmented, response)

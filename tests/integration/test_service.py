@@ -105,11 +105,15 @@ async def test_a_crashed_batch_loop_fails_liveness_and_queued_work(
     async with serving_app(EXAMPLE_MODEL) as (app, client):
         app.state.runtime.service.batcher.policy = Broken()
         predict = await client.post("/predict", json={"instances": [[0] * 64]})
+        after = await client.post("/predict", json={"instances": [[0] * 64]})
         live = await client.get("/health/live")
+        ready = await client.get("/health/ready")
         v2_live = await client.get("/v2/health/live")
     assert predict.status_code == 500
     assert predict.json()["error"] == "the server's batch loop stopped"
+    assert after.json()["error"] == "the server's batch loop stopped"  # at once, not at timeout
     assert (live.status_code, live.json()["code"]) == (503, "not_ready")
+    assert ready.status_code == 503
     assert v2_live.status_code == 503
     assert "batch loop stopped" in v2_live.json()["error"]
     (crash,) = [r for r in caplog.records if r.levelname == "CRITICAL"]

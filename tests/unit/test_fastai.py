@@ -254,6 +254,17 @@ KINDS = [
     ("fastcore.xtras.run", None),  # runs a shell command
     ("fastai.learner.load_learner", None),
     ("posix.system", None),
+    # fastai-family classes that look things up by a stored name or call what they hold: with
+    # them a pickle walks from a function to the builtins (fastcore's bind + _Self did)
+    ("fastcore.basics.bind", None),
+    ("fastcore.basics._Self", None),
+    ("fasttransform.transform.Func", None),
+    ("fastcore.xtras.PartialFormatter", None),
+    ("fastai.data.transforms.AttrGetter", None),
+    ("fastai.data.transforms.ItemGetter", None),
+    ("fastai.layers.Lambda", None),  # an nn.Module calling a stored function
+    ("fastai.layers.LinBnDrop", "constructor"),  # an ordinary building block
+    ("fastai.learner.Metric", None),  # not in exports: not listed
 ]
 
 
@@ -390,6 +401,8 @@ def test_a_cloudpickled_lambda_is_never_run(
         ("pathlib", "Path.unlink"),  # deletes a file
         ("fastcore.xtras", "Path.delete"),  # fastcore's @patch: deletes a file or a tree
         ("fastai.learner", "Learner.export"),  # writes a file
+        ("cloudpickle.cloudpickle", "subimport"),  # a stand-in's real function: imports by name
+        ("cloudpickle.cloudpickle", "_make_function"),  # builds functions from code
     ],
 )
 def test_stored_code_never_resolves_to_a_file_touching_method(module: str, qualname: str) -> None:
@@ -425,3 +438,49 @@ def test_a_cloudpickled_closure_loads_as_a_placeholder(tmp_path: Path) -> None:
     import_entry_points()
     assert isinstance(load_learner_safely(path, [])["f"], Unavailable)
     assert torch.load(path, weights_only=False)["f"]("a/b.png") == "a-label"  # a real closure
+
+
+class Host:
+    """Stands for any allowlisted class without append/extend/__setstate__ of its own."""
+
+
+def unpickle(raw: bytes, table: dict[str, object], references: tuple[str, ...] = ()) -> Any:
+    import io
+
+    from ptserve.loading.restricted import unpickler_class
+
+    return unpickler_class(table, references)(io.BytesIO(raw)).load()
+
+
+def test_appends_and_setstate_use_the_class_never_an_instance_attribute() -> None:
+    """A pickle can fill an instance's __dict__ with an allowlisted callable; the APPENDS and
+    BUILD opcodes must not call it (as the plain unpickler's obj.extend(...) would)."""
+    from ptserve.loading.restricted import RefusedPickle
+
+    calls: list[object] = []
+    table = {"victim.Host": Host, "victim.record": calls.append}
+    host = b"cvictim\nHost\n)\x81"  # GLOBAL, EMPTY_TUPLE, NEWOBJ: Host()
+    extend = host + b"}X\x06\x00\x00\x00extendcvictim\nrecord\nsb(X\x01\x00\x00\x00xe."
+    with pytest.raises(RefusedPickle, match="refused to append to a Host"):
+        unpickle(b"\x80\x02" + extend, table)
+    setstate = (
+        host + b"}X\x0c\x00\x00\x00__setstate__cvictim\nrecord\nsb}X\x01\x00\x00\x00aK\x01sb."
+    )
+    loaded = unpickle(b"\x80\x02" + setstate, table)
+    assert loaded.a == 1  # the second BUILD updated __dict__ instead of calling the attribute
+    assert calls == []
+
+
+def test_torch_rebuild_from_type_calls_only_allowlisted_callables() -> None:
+    """torch's _rebuild_from_type_v2(func, type, args, state) calls func(*args): a reference
+    (stored, never called) must not get called through it."""
+    from ptserve.loading.restricted import RefusedPickle
+
+    calls: list[object] = []
+    raw = (
+        b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(cvictim\nrecord\nctorch\nTensor\n"
+        b"(X\x01\x00\x00\x00xt}tR."
+    )
+    with pytest.raises(RefusedPickle, match="refused to call"):
+        unpickle(raw, {"victim.record": calls.append}, references=("victim.record",))
+    assert calls == []
