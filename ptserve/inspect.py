@@ -23,6 +23,7 @@ SAFETY = {
 
 FASTAI_KINDS = {
     "constructor": "allowed",
+    "class": "allowed: objects rebuilt from their state, the class never called",
     "reference": "allowed as data: stored, never called while loading",
     None: "refused",
 }
@@ -46,12 +47,20 @@ def describe_file(settings: Settings) -> dict[str, Any]:
             for name in pickle_globals(facts.path)
         ]
     elif facts.format == "fastai" and importlib.util.find_spec("fastai") is not None:
-        from ptserve.loading.fastai import MAKE_FUNCTION, STAND_INS, import_entry_points, kind
+        from ptserve.loading.fastai import (
+            MAKE_FUNCTION,
+            STAND_INS,
+            import_entry_points,
+            kind,
+            training_only,
+        )
 
         import_entry_points()
         info["imports"] = [
             f"{name} (replaced by a safe stand-in)"
             if name in STAND_INS or name == MAKE_FUNCTION
+            else f"{name} (training only: an inert placeholder)"
+            if training_only(name)
             else f"{name} ({FASTAI_KINDS[kind(name, trusted)]})"
             for name in pickle_globals(facts.path)
         ]

@@ -4,20 +4,24 @@ A fastai export is a pickle of a whole ``Learner``. It is read by
 :func:`ptserve.loading.restricted.restricted_load`, where only allowlisted objects can be called,
 with this allowlist:
 
-* **fastai-family classes**: the classes tabular and vision exports contain, listed one by one
-  (:data:`FASTAI_CLASSES`), the nn.Module building blocks of fastai's and torchvision's model
-  modules, fastai's image augmentations, and pandas data structures (frame, series, index,
-  array, dtype, block, scalar). A class is listed when it only holds data or computes on
-  tensors, images or frames; classes that look things up by a stored name or call what they
-  hold with stored arguments (fastcore's ``bind``, ``_Self``) are not: they would let a pickle
-  walk from a function to the builtins.
-* **nn.Module building blocks**: those in ``torch.nn`` (as for any pickle) and torchvision's.
-* **Value constructors** (:data:`CONSTRUCTORS`), each with the reason it is safe: numpy and
-  pandas reconstruction helpers, value types, a few standard-library data classes.
-* **References** (:data:`REFERENCES`, the functions of :data:`PURE_FUNCTION_MODULES`, the model
-  builders of :data:`MODEL_BUILDER_MODULES`): functions a Learner keeps (metrics, optimiser,
-  splitter, label function, architecture). The pickle may store them, never call them; fastai
-  may call them later on data ptserve gives it, so each is harmless on any input.
+* **Classes** (``class``): the fastai-family classes tabular and vision exports contain,
+  listed one by one (:data:`FASTAI_CLASSES`), the nn.Module building blocks of fastai's and
+  torchvision's model modules (:data:`MODEL_MODULES`, minus :data:`CALLING_MODULES`), and
+  fastai's image augmentations. Objects of them are rebuilt (``__new__``, then their state),
+  the class is never called: an ``__init__`` would run on the pickle's arguments. A class is
+  listed when it only holds data or computes on tensors, images or frames; classes that look
+  things up by a stored name or call what they hold with stored arguments (fastcore's
+  ``bind``, ``_Self``) are not: they would let a pickle walk from a function to the builtins.
+  nn.Modules carrying hooks are refused (``ptserve.loading.restricted``).
+* **Constructors** (``constructor``, called): :data:`CONSTRUCTORS` (numpy and pandas
+  reconstruction helpers, value types, a few standard-library data classes, each with the
+  reason it is safe), pandas data structures, and modules the operator trusts.
+* **Training only** (:data:`TRAINING_ONLY`, and the functions of :data:`PURE_FUNCTION_MODULES`
+  and :data:`MODEL_BUILDER_MODULES`): callbacks, metrics, optimiser, splitter, architecture
+  builder, logger. ptserve never trains, so they load as inert placeholders
+  (:class:`TrainingOnly`, :class:`Unavailable`).
+* **References** (:data:`REFERENCES`): functions used at inference, which the pickle may store,
+  never call; fastai calls them later on data ptserve gives it, so each is harmless on any input.
 * **Stand-ins** (:data:`STAND_INS`) for the dangerous globals exports use. fastai pickles a
   bound method as ``MethodType(getattr(Class, "name"), obj)``: ``getattr`` and cloudpickle's
   ``_builtin_type`` allow exactly the ``(class, method)`` pairs in :data:`METHODS` (and a
@@ -32,6 +36,7 @@ fastai`` trusts the whole fastai package's code instead (its ``load_learner``, i
 """
 
 import builtins
+import collections
 import contextlib
 import functools
 import importlib
@@ -88,10 +93,7 @@ FASTAI_CLASSES = frozenset(
         "fastai.torch_core.TensorMultiCategory", "fastai.torch_core.TensorImage",
         "fastai.torch_core.TensorImageBW", "fastai.torch_core.TensorMask",
         "fastai.vision.core.PILImage", "fastai.vision.core.PILImageBW",
-        # training state a Learner keeps: callbacks, recorder, losses, metrics
-        "fastai.callback.core.TrainEvalCallback", "fastai.callback.progress.ProgressCallback",
-        "fastai.learner.Recorder", "fastai.learner.CastToTensor", "fastai.learner.AvgLoss",
-        "fastai.learner.AvgMetric", "fastai.learner.AvgSmoothLoss", "fastai.metrics.AccumMetric",
+        # losses (their activation and decodes turn outputs into predictions)
         "fastai.losses.BaseLoss", "fastai.losses.CrossEntropyLossFlat",
         "fastai.losses.BCEWithLogitsLossFlat", "fastai.losses.BCELossFlat",
         "fastai.losses.MSELossFlat", "fastai.losses.L1LossFlat",
@@ -106,7 +108,21 @@ FASTAI_CLASSES = frozenset(
 # Modules whose nn.Module classes are model building blocks (fastai's tabular and vision
 # heads, torchvision's architectures), except the two that call a stored function.
 MODEL_MODULES = ("fastai.layers", "fastai.tabular.model", "fastai.vision", "torchvision.models")
-CALLING_MODULES = frozenset({"fastai.layers.Lambda", "fastai.layers.PartialLambda"})
+CALLING_MODULES = frozenset(
+    {"fastai.layers.Lambda", "fastai.layers.PartialLambda", "fastai.layers.Debugger"}
+)
+# What a Learner keeps for training only: ptserve never trains, so these become inert
+# placeholders (classes: TrainingOnly, functions: Unavailable) and none of their code runs.
+TRAINING_ONLY = frozenset(
+    {
+        "fastai.callback.core.TrainEvalCallback", "fastai.callback.progress.ProgressCallback",
+        "fastai.learner.Recorder", "fastai.learner.CastToTensor", "fastai.learner.AvgLoss",
+        "fastai.learner.AvgMetric", "fastai.learner.AvgSmoothLoss", "fastai.metrics.AccumMetric",
+        "builtins.print", "fastai.data.load._wif", "fastai.torch_core.trainable_params",
+        "fastai.torch_core.params", "fastai.layers.trunc_normal_",
+        "fastai.vision.learner._resnet_split",
+    }
+)  # fmt: skip
 # Image augmentations (aug_transforms, Resize, crops) and their helpers: compute on images.
 AUGMENT_MODULE = "fastai.vision.augment"
 
@@ -126,7 +142,6 @@ CONSTRUCTORS: dict[str, str] = {
     "builtins.frozenset": "value type",
     "builtins.range": "value type",
     # standard library data classes
-    "collections.defaultdict": "a dict (FillMissing's fill values)",
     "collections.OrderedDict": "a dict",
     "inspect.Parameter": "signature data of fastcore-delegated functions",
     "inspect.Signature": "signature data",
@@ -222,8 +237,9 @@ def load_learner_safely(path: Path, trusted: Sequence[str]) -> Any:
     for helper in HELPERS:  # returned by stand-ins, called by the pickle
         table[f"{__name__}.{helper.__name__}"] = helper
     references = [name for name, k in kinds.items() if k == "reference"]
+    classes = [name for name, k in kinds.items() if k == "class"]
     try:
-        learn = restricted_load(path, table, references)
+        learn = restricted_load(path, table, references, classes)
     except RefusedPickle as exc:
         raise ModelLoadError(f"{path}: refusing to unpickle this fastai export: {exc}") from None
     stored = table.get(MAKE_FUNCTION)
@@ -250,18 +266,25 @@ def allowed(name: str, trusted: Sequence[str]) -> bool:
     return kind(name, trusted) is not None
 
 
-def kind(name: str, trusted: Sequence[str]) -> Literal["constructor", "reference"] | None:
-    """How a fastai export may use global ``name``: call it (``constructor``), only store it
-    (``reference``), or not at all (None)."""
+Kind = Literal["constructor", "class", "reference"]
+
+
+def kind(name: str, trusted: Sequence[str]) -> Kind | None:
+    """How a fastai export may use global ``name``: call it (``constructor``), rebuild objects
+    of it without calling it (``class``: ``__new__`` and state, never ``__init__``), only store
+    it (``reference``), or not at all (None)."""
     if name in CONSTRUCTORS or name in STAND_INS or name == MAKE_FUNCTION:
         return "constructor"
-    if is_allowed(name, trusted):
+    if any(name.startswith(f"{module}.") for module in trusted):
         return "constructor"
     if name in REFERENCES:
         return "reference"
     obj = _lookup(name)
     if isinstance(obj, type):
-        return "constructor" if _family_class(obj, name) else None
+        trained = name in TRAINING_ONLY or _qualified(obj) in TRAINING_ONLY
+        if _pandas_class(obj):  # its data structures are pickled as calls: Index(data), ...
+            return "constructor"
+        return "class" if trained or _family_class(obj, name) or is_allowed(name, ()) else None
     if not inspect.isfunction(obj):
         return None
     module = obj.__module__
@@ -279,6 +302,11 @@ def resolve(name: str, trusted: Sequence[str]) -> object:
     if name in STAND_INS:
         return STAND_INS[name]
     obj = _lookup(name)
+    if isinstance(obj, type) and (name in TRAINING_ONLY or _qualified(obj) in TRAINING_ONLY):
+        return TrainingOnly
+    if _training_only_function(name, obj):
+        module, _, qualname = name.rpartition(".")
+        return Unavailable(module, qualname)
     if obj is None:
         obj = _import_anyway(name)  # a trusted module not imported yet
     return obj
@@ -427,8 +455,46 @@ def union_of(func: object, items: object, *initial: object) -> object:
     return functools.reduce(type_union, items, *initial)
 
 
+VALUE_FACTORIES = (int, float, bool, str, bytes, list, dict, set, tuple)
+
+
+def value_defaultdict(factory: object = None, *args: object) -> collections.defaultdict[Any, Any]:
+    """``collections.defaultdict`` for pickles: its factory runs on every missing key, so only
+    a value type may be one (FillMissing keeps ``defaultdict(int)``-like tables)."""
+    if factory is not None and factory not in VALUE_FACTORIES:
+        raise RefusedPickle(f"refused a defaultdict whose default factory is {_describe(factory)}")
+    return collections.defaultdict(factory, *args)
+
+
+class TrainingOnly:
+    """What a training-only class (a callback, a metric) becomes: an object that keeps nothing
+    of its pickled state and has no behaviour."""
+
+    def __setstate__(self, state: object) -> None:
+        """Drop the state."""
+
+
+def training_only(name: str) -> bool:
+    """Whether global ``name`` is kept for training only and loads as an inert placeholder."""
+    obj = _lookup(name)
+    qualified = _qualified(obj) if isinstance(obj, type) else name
+    return qualified in TRAINING_ONLY or _training_only_function(name, obj)
+
+
+def _training_only_function(name: str, obj: object) -> bool:
+    """Whether ``name`` is a function a Learner keeps for training only (its metrics, optimiser,
+    splitter, architecture builder, logger): ptserve replaces it with an Unavailable."""
+    if name in TRAINING_ONLY:
+        return True
+    if not inspect.isfunction(obj):
+        return False
+    module = obj.__module__
+    return module in PURE_FUNCTION_MODULES or module.startswith(MODEL_BUILDER_MODULES)
+
+
 STAND_INS.update(
     {
+        "collections.defaultdict": value_defaultdict,
         "builtins.getattr": class_method,
         "cloudpickle.cloudpickle._builtin_type": builtin_type,
         "cloudpickle.cloudpickle._function_setstate": function_state,
@@ -449,7 +515,9 @@ def _installed_function(
     reference, one of :data:`STORED_METHODS`, or anything in a trusted module (``--trust-module``).
     Other methods of allowlisted classes are not admitted: ``Path.unlink`` is one."""
     name = f"{module}.{qualname}"
-    listed = name in STORED_METHODS or kind(name, ()) == "reference"
+    listed = name in STORED_METHODS or (
+        kind(name, ()) == "reference" and not _training_only_function(name, _lookup(name))
+    )
     if not listed and not is_allowed(name, trusted):  # never a stand-in's real function
         return None
     holder: object = sys.modules.get(module)
@@ -485,11 +553,13 @@ def _family_class(cls: type, name: str) -> bool:
     module = cls.__module__
     if issubclass(cls, torch.nn.Module):
         return module.startswith(MODEL_MODULES) and qualified not in CALLING_MODULES
-    if module == AUGMENT_MODULE:
-        return True
-    if module.split(".")[0] == "pandas":  # its public classes all claim module "pandas"
-        return issubclass(cls, _pandas_data_classes())
-    return False
+    return module == AUGMENT_MODULE
+
+
+def _pandas_class(cls: type) -> bool:
+    """A pandas data structure (frame, series, index, array, dtype, block, scalar), not one of
+    its readers and writers (HDFStore opens files): all claim module ``pandas``."""
+    return cls.__module__.split(".")[0] == "pandas" and issubclass(cls, _pandas_data_classes())
 
 
 def _pandas_data_classes() -> tuple[type, ...]:

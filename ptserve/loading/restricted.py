@@ -22,28 +22,40 @@ class RefusedPickle(pickle.UnpicklingError):
 
 
 def restricted_load(
-    path: Path, allowed: Mapping[str, object], references: Collection[str] = ()
+    path: Path,
+    allowed: Mapping[str, object],
+    references: Collection[str] = (),
+    classes: Collection[str] = (),
 ) -> Any:
     """``torch.load`` of ``path`` where globals resolve through ``allowed`` only.
 
     ``allowed`` maps ``module.name`` to the object that name stands for (possibly a safer
     stand-in); torch's own weights-only globals are added to it. The names in ``references``
-    are data: the pickle may store them, never call them.
+    are data: the pickle may store them, never call them. The classes in ``classes`` are only
+    instantiated as pickle rebuilds plain objects (``cls.__new__``, then their state), never
+    called: their ``__init__`` would run on the pickle's arguments.
     """
     module = SimpleNamespace(
-        Unpickler=unpickler_class(allowed, references),
+        Unpickler=unpickler_class(allowed, references, classes),
         load=pickle.load,
         __name__="ptserve-restricted",
     )
     return torch.load(path, weights_only=False, pickle_module=module, map_location="cpu")
 
 
-def unpickler_class(allowed: Mapping[str, object], references: Collection[str] = ()) -> type:
+def unpickler_class(
+    allowed: Mapping[str, object], references: Collection[str] = (), classes: Collection[str] = ()
+) -> type:
     """The restricted Unpickler class for ``allowed`` plus torch's weights-only globals; the
-    names in ``references`` can be stored, never called."""
+    names in ``references`` can be stored, never called; those in ``classes`` only rebuilt."""
     table = {**torch._weights_only_unpickler._get_allowed_globals(), **allowed}
+    skipped = {*references, *classes}
     callables = {
-        id(obj): obj for name, obj in table.items() if callable(obj) and name not in references
+        id(obj): obj for name, obj in table.items() if callable(obj) and name not in skipped
+    }
+    rebuildable = {
+        **callables,
+        **{id(table[name]): table[name] for name in classes if name in table},
     }
     global_ids = frozenset(id(obj) for obj in table.values())
 
@@ -62,6 +74,7 @@ def unpickler_class(allowed: Mapping[str, object], references: Collection[str] =
     class Unpickler(_RestrictedUnpickler):
         globals_table = table
         callable_ids: ClassVar[Mapping[int, object]] = callables
+        class_ids: ClassVar[Mapping[int, object]] = rebuildable
         global_ids: ClassVar[frozenset[int]] = frozenset(id(obj) for obj in table.values())
 
     return Unpickler
@@ -79,6 +92,7 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
 
     globals_table: ClassVar[Mapping[str, object]] = {}
     callable_ids: ClassVar[Mapping[int, object]] = {}
+    class_ids: ClassVar[Mapping[int, object]] = {}
     global_ids: ClassVar[frozenset[int]] = frozenset()
     dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(_PurePythonUnpickler.dispatch)
 
@@ -101,15 +115,20 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
         args = self.stack.pop()
         self.stack[-1] = self._callable(self.stack[-1])(*args)
 
+    def _class(self, cls: object) -> Any:
+        if self.class_ids.get(id(cls)) is not cls or not isinstance(cls, type):
+            raise RefusedPickle(f"refused to instantiate {_name(cls)}: it is not on the allowlist")
+        return cls
+
     def load_newobj(self) -> None:
         args = self.stack.pop()
-        cls = self._callable(self.stack.pop())
+        cls = self._class(self.stack.pop())
         self.append(cls.__new__(cls, *args))
 
     def load_newobj_ex(self) -> None:
         kwargs = self.stack.pop()
         args = self.stack.pop()
-        cls = self._callable(self.stack.pop())
+        cls = self._class(self.stack.pop())
         self.append(cls.__new__(cls, *args, **kwargs))
 
     # The methods the opcodes below call are looked up on the object's *class* (allowlisted
@@ -122,6 +141,10 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
         inst = self.stack[-1]
         if id(inst) in self.global_ids:
             raise RefusedPickle(f"refused to set attributes on {_name(inst)}")
+        if isinstance(inst, torch.nn.Module) and isinstance(state, dict):
+            hooks = [key for key in state if "hooks" in key and state[key]]
+            if hooks:  # called by forward (or by saving, loading, backward) with the inputs
+                raise RefusedPickle(f"refused a {type(inst).__name__} with {', '.join(hooks)}")
         setstate = getattr(type(inst), "__setstate__", None)
         if setstate is not None:
             setstate(inst, state)

@@ -108,12 +108,13 @@ def test_info_gives_each_global_its_verdict(tabular: TabularExport) -> None:
 
     info = describe_file(Settings(model_path=tabular.path))
     imports = info["imports"]
-    assert "fastai.tabular.learner.TabularLearner (allowed)" in imports
-    assert "builtins.getattr (replaced by a safe stand-in)" in imports
     assert (
-        "fastai.torch_core.trainable_params (allowed as data: stored, never called while loading)"
-        in imports
-    )
+        "fastai.tabular.learner.TabularLearner (allowed: objects rebuilt from their state, the "
+        "class never called)"
+    ) in imports
+    assert "fastai.learner.Recorder (training only: an inert placeholder)" in imports
+    assert "builtins.getattr (replaced by a safe stand-in)" in imports
+    assert "fastai.torch_core.trainable_params (training only: an inert placeholder)" in imports
     assert not [i for i in imports if i.endswith("(refused)")]
     assert info["inputs"] == ["x_cat: int64 [1] per sample", "x_cont: float32 [4] per sample"]
 

@@ -244,8 +244,8 @@ KINDS = [
     ("fastai.data.transforms.parent_label", "reference"),  # listed in REFERENCES
     ("fastai.metrics.accuracy", "reference"),  # a function of a pure-function module
     ("builtins.print", "reference"),
-    ("fastai.tabular.learner.TabularLearner", "constructor"),  # a fastai class
-    ("plum._function.Function", "constructor"),  # a plum class (fastai's type dispatch)
+    ("fastai.tabular.learner.TabularLearner", "class"),  # rebuilt, never called
+    ("plum._function.Function", "class"),  # a plum class (fastai's type dispatch)
     ("collections.defaultdict", "constructor"),  # listed in CONSTRUCTORS
     ("cloudpickle.cloudpickle._make_function", "constructor"),  # a stand-in
     ("cloudpickle.cloudpickle._builtin_type", "constructor"),  # a stand-in
@@ -263,7 +263,9 @@ KINDS = [
     ("fastai.data.transforms.AttrGetter", None),
     ("fastai.data.transforms.ItemGetter", None),
     ("fastai.layers.Lambda", None),  # an nn.Module calling a stored function
-    ("fastai.layers.LinBnDrop", "constructor"),  # an ordinary building block
+    ("fastai.layers.LinBnDrop", "class"),  # an ordinary building block
+    ("fastai.layers.Debugger", None),  # its forward opens pdb
+    ("fastai.learner.Recorder", "class"),  # training only: becomes an inert TrainingOnly
     ("fastai.learner.Metric", None),  # not in exports: not listed
 ]
 
@@ -340,7 +342,7 @@ def test_stored_functions_give_installed_allowlisted_functions_or_placeholders(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
-    from fastai.metrics import accuracy
+    from fastai.data.transforms import parent_label
 
     from ptserve.loading.fastai import (
         CodeReference,
@@ -352,14 +354,17 @@ def test_stored_functions_give_installed_allowlisted_functions_or_placeholders(
 
     import_entry_points()
     stored = StoredFunctions(())
-    assert stored(CodeReference("accuracy"), {"__name__": "fastai.metrics"}) is accuracy
+    label = stored(CodeReference("parent_label"), {"__name__": "fastai.data.transforms"})
+    assert label is parent_label  # a reference used at inference: the installed function
+    metric = stored(CodeReference("accuracy"), {"__name__": "fastai.metrics"})
+    assert metric == Unavailable("fastai.metrics", "accuracy")  # training only: a placeholder
     system = stored(CodeReference("system"), {"__name__": "posix"})
     assert system == Unavailable("posix", "system")
     marker = tmp_path / "ran"
     with pytest.raises(RuntimeError, match=r"posix\.system is stored as code"):
         system(f"touch {marker}")
     assert not marker.exists()
-    assert stored.unavailable == ["posix.system"]
+    assert stored.unavailable == ["fastai.metrics.accuracy", "posix.system"]
     with pytest.raises(RefusedPickle, match="without a code object"):
         stored(compile("1", "<x>", "eval"), {"__name__": "posix"})
 
@@ -444,12 +449,17 @@ class Host:
     """Stands for any allowlisted class without append/extend/__setstate__ of its own."""
 
 
-def unpickle(raw: bytes, table: dict[str, object], references: tuple[str, ...] = ()) -> Any:
+def unpickle(
+    raw: bytes,
+    table: dict[str, object],
+    references: tuple[str, ...] = (),
+    classes: tuple[str, ...] = (),
+) -> Any:
     import io
 
     from ptserve.loading.restricted import unpickler_class
 
-    return unpickler_class(table, references)(io.BytesIO(raw)).load()
+    return unpickler_class(table, references, classes)(io.BytesIO(raw)).load()
 
 
 def test_appends_and_setstate_use_the_class_never_an_instance_attribute() -> None:
@@ -484,3 +494,48 @@ def test_torch_rebuild_from_type_calls_only_allowlisted_callables() -> None:
     with pytest.raises(RefusedPickle, match="refused to call"):
         unpickle(raw, {"victim.record": calls.append}, references=("victim.record",))
     assert calls == []
+
+
+def test_listed_classes_are_rebuilt_never_called() -> None:
+    """A class's __init__ runs on the pickle's arguments (fastai's BaseLoss.__init__ evaluated
+    annotations it was given): allowlisted classes are only rebuilt, __new__ then state."""
+    from ptserve.loading.restricted import RefusedPickle
+
+    table = {"victim.Host": Host}
+    with pytest.raises(RefusedPickle, match=r"refused to call .*Host"):
+        unpickle(b"\x80\x02cvictim\nHost\n)R.", table, classes=("victim.Host",))
+    rebuilt = unpickle(
+        b"\x80\x02cvictim\nHost\n)\x81}X\x01\x00\x00\x00aK\x01sb.", table, classes=("victim.Host",)
+    )
+    assert isinstance(rebuilt, Host)
+    assert rebuilt.a == 1
+
+
+def test_a_module_carrying_hooks_is_refused() -> None:
+    """nn.Module hooks are called by forward with the pickle's chosen callables."""
+    import pickle
+
+    from ptserve.loading.restricted import RefusedPickle
+
+    module = torch.nn.Identity()
+    module.register_forward_pre_hook(print)
+    raw = pickle.dumps(module, protocol=2)
+    table = {"torch.nn.modules.linear.Identity": torch.nn.Identity, "builtins.print": print}
+    with pytest.raises(RefusedPickle, match="with _forward_pre_hooks"):
+        unpickle(raw, table, classes=("torch.nn.modules.linear.Identity",))
+    clean = pickle.dumps(torch.nn.Identity(), protocol=2)
+    assert isinstance(
+        unpickle(clean, table, classes=("torch.nn.modules.linear.Identity",)), torch.nn.Identity
+    )
+
+
+def test_a_defaultdict_factory_must_be_a_value_type() -> None:
+    """A defaultdict calls its factory on every missing key (Categorify looks keys up)."""
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from ptserve.loading.fastai import value_defaultdict
+    from ptserve.loading.restricted import RefusedPickle
+
+    assert value_defaultdict(int)["missing"] == 0
+    assert value_defaultdict(None, {"a": 1}) == {"a": 1}
+    with pytest.raises(RefusedPickle, match="default factory"):
+        value_defaultdict(print)
