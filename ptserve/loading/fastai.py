@@ -12,10 +12,12 @@ with this allowlist:
   listed when it only holds data or computes on tensors, images or frames; classes that look
   things up by a stored name or call what they hold with stored arguments (fastcore's
   ``bind``, ``_Self``) are not: they would let a pickle walk from a function to the builtins.
-  nn.Modules carrying hooks are refused (``ptserve.loading.restricted``).
+  nn.Modules carrying hooks, callable dunders and text annotations in any object's state are
+  refused (``ptserve.loading.restricted``).
 * **Constructors** (``constructor``, called): :data:`CONSTRUCTORS` (numpy and pandas
   reconstruction helpers, value types, a few standard-library data classes, each with the
-  reason it is safe), pandas data structures, and modules the operator trusts.
+  reason it is safe), pandas data structures, modules the operator trusts, and checked
+  stand-ins (:class:`ReferencePartial`, :func:`value_defaultdict`).
 * **Training only** (:data:`TRAINING_ONLY`, and the functions of :data:`PURE_FUNCTION_MODULES`
   and :data:`MODEL_BUILDER_MODULES`): callbacks, metrics, optimiser, splitter, architecture
   builder, logger. ptserve never trains, so they load as inert placeholders
@@ -99,7 +101,7 @@ FASTAI_CLASSES = frozenset(
         "fastai.losses.MSELossFlat", "fastai.losses.L1LossFlat",
         "fastai.losses.LabelSmoothingCrossEntropyFlat", "fastai.losses.FocalLossFlat",
         # containers
-        "fastcore.foundation.L", "fastcore.basics.fastuple", "fastcore.basics.AttrDict",
+        "fastcore.foundation.L", "fastcore.basics.fastuple",
         # plum's dispatch tables (fasttransform's Transforms): they call stored functions
         "plum._function.Function", "plum._method.Method", "plum._method.MethodList",
         "plum._resolver.Resolver", "plum._signature.Signature", "plum._util.Missing",
@@ -152,7 +154,6 @@ CONSTRUCTORS: dict[str, str] = {
     "pathlib.WindowsPath": "a path value",
     "pathlib.PurePosixPath": "a path value",
     "random.Random": "a random generator's state",
-    "functools.partial": "binds arguments to an allowlisted callable (a metric); calls nothing",
     "PIL.Image.Resampling": "an enum (Resize's resampling filters)",
     # numpy and pandas reconstruction helpers: build arrays, frames and indexes from data
     "numpy._core.multiarray._reconstruct": "allocates an empty ndarray",
@@ -455,6 +456,28 @@ def union_of(func: object, items: object, *initial: object) -> object:
     return functools.reduce(type_union, items, *initial)
 
 
+class ReferencePartial(functools.partial):  # type: ignore[type-arg]
+    """``functools.partial`` for pickles (a metric with its threshold): only of a function the
+    export may store, so a partial can never call a class or another partial; its state (which
+    can swap the function) is checked the same way."""
+
+    def __new__(cls, func: object, /, *args: object, **kwargs: object) -> "ReferencePartial":
+        _check_partial(func)
+        return super().__new__(cls, func, *args, **kwargs)  # type: ignore[arg-type]
+
+    def __setstate__(self, state: Any) -> None:
+        _check_partial(state[0] if isinstance(state, tuple) and state else None)
+        functools.partial.__setstate__(self, state)  # type: ignore[attr-defined]
+
+
+def _check_partial(func: object) -> None:
+    inference = inspect.isfunction(func) and any(
+        func is _lookup(name) for name in REFERENCES if not training_only(name)
+    )
+    if not inference and not isinstance(func, Unavailable):
+        raise RefusedPickle(f"refused functools.partial of {_describe(func)}")
+
+
 VALUE_FACTORIES = (int, float, bool, str, bytes, list, dict, set, tuple)
 
 
@@ -495,6 +518,7 @@ def _training_only_function(name: str, obj: object) -> bool:
 STAND_INS.update(
     {
         "collections.defaultdict": value_defaultdict,
+        "functools.partial": ReferencePartial,
         "builtins.getattr": class_method,
         "cloudpickle.cloudpickle._builtin_type": builtin_type,
         "cloudpickle.cloudpickle._function_setstate": function_state,

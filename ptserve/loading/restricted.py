@@ -145,6 +145,7 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
             hooks = [key for key in state if "hooks" in key and state[key]]
             if hooks:  # called by forward (or by saving, loading, backward) with the inputs
                 raise RefusedPickle(f"refused a {type(inst).__name__} with {', '.join(hooks)}")
+        _check_state(inst, state)
         setstate = getattr(type(inst), "__setstate__", None)
         if setstate is not None:
             setstate(inst, state)
@@ -197,6 +198,35 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
     dispatch[pickle.INST[0]] = load_refused
     dispatch[pickle.OBJ[0]] = load_refused
+
+
+# Callable dunders that are followed, never called (``inspect.unwrap`` reads __wrapped__).
+FOLLOWED_DUNDERS = frozenset({"__wrapped__"})
+
+
+def _check_state(inst: object, state: object) -> None:
+    """Refuse dunder attributes that would make code run: a callable one (numpy calls an
+    instance's ``__array__``, copy its ``__reduce_ex__``), or ``__annotations__`` holding text
+    (``typing.get_type_hints`` evaluates strings). Names, docs, signatures and annotations made
+    of types are data."""
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        for key, value in part.items():
+            if not isinstance(key, str):
+                raise RefusedPickle(f"refused a non-string attribute name on a {_kind(inst)}")
+            if not (key.startswith("__") and key.endswith("__")):
+                continue
+            if key == "__annotations__":
+                if not isinstance(value, dict) or any(isinstance(v, str) for v in value.values()):
+                    raise RefusedPickle(f"refused annotations as text on a {_kind(inst)}")
+            elif callable(value) and key not in FOLLOWED_DUNDERS:
+                raise RefusedPickle(f"refused a callable {key} on a {_kind(inst)}")
+
+
+def _kind(inst: object) -> str:
+    return type(inst).__name__
 
 
 def _name(obj: object) -> str:

@@ -476,8 +476,8 @@ def test_appends_and_setstate_use_the_class_never_an_instance_attribute() -> Non
     setstate = (
         host + b"}X\x0c\x00\x00\x00__setstate__cvictim\nrecord\nsb}X\x01\x00\x00\x00aK\x01sb."
     )
-    loaded = unpickle(b"\x80\x02" + setstate, table)
-    assert loaded.a == 1  # the second BUILD updated __dict__ instead of calling the attribute
+    with pytest.raises(RefusedPickle, match="refused a callable __setstate__"):
+        unpickle(b"\x80\x02" + setstate, table)
     assert calls == []
 
 
@@ -539,3 +539,41 @@ def test_a_defaultdict_factory_must_be_a_value_type() -> None:
     assert value_defaultdict(None, {"a": 1}) == {"a": 1}
     with pytest.raises(RefusedPickle, match="default factory"):
         value_defaultdict(print)
+
+
+def test_state_cannot_plant_callable_dunders_or_annotations_as_text() -> None:
+    """numpy calls an instance's __array__ and typing.get_type_hints evaluates text annotations:
+    a pickle's state may set neither; names and docs are data."""
+    from ptserve.loading.restricted import RefusedPickle
+
+    calls: list[object] = []
+    table = {"victim.Host": Host, "victim.record": calls.append}
+    host = b"\x80\x02cvictim\nHost\n)\x81"
+    array = host + b"}X\x09\x00\x00\x00__array__cvictim\nrecord\nsb."
+    with pytest.raises(RefusedPickle, match="refused a callable __array__"):
+        unpickle(array, table, classes=("victim.Host",))
+    text = host + b"}X\x0f\x00\x00\x00__annotations__}X\x01\x00\x00\x00xX\x04\x00\x00\x00exprssb."
+    with pytest.raises(RefusedPickle, match="annotations as text"):
+        unpickle(text, table, classes=("victim.Host",))
+    named = host + b"}X\x0a\x00\x00\x00__module__X\x01\x00\x00\x00msb."
+    assert unpickle(named, table, classes=("victim.Host",)).__module__ == "m"
+    assert calls == []
+
+
+def test_a_partial_only_binds_functions_the_export_may_store() -> None:
+    pytest.importorskip("fastai", reason="needs the fastai extra (scripts/test.sh installs it)")
+    from fastai.data.transforms import parent_label
+    from fastai.losses import BaseLoss
+
+    from ptserve.loading.fastai import ReferencePartial, Unavailable, import_entry_points
+    from ptserve.loading.restricted import RefusedPickle
+
+    import_entry_points()
+    assert ReferencePartial(parent_label)("a/b.png") == "a"
+    assert ReferencePartial(Unavailable("fastai.metrics", "accuracy_multi"), thresh=0.5).keywords
+    for func in (BaseLoss, print, ReferencePartial(parent_label)):
+        with pytest.raises(RefusedPickle, match=r"refused functools\.partial"):
+            ReferencePartial(func)
+    swapped = ReferencePartial(parent_label)
+    with pytest.raises(RefusedPickle, match=r"refused functools\.partial"):
+        swapped.__setstate__((BaseLoss, (), {}, {}))
