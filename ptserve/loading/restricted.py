@@ -8,12 +8,15 @@ Protocol 0/1 instance opcodes (INST, OBJ), which call what they find, are refuse
 """
 
 import _compat_pickle
+import functools
 import pickle
+import random
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 
@@ -200,29 +203,55 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
     dispatch[pickle.OBJ[0]] = load_refused
 
 
+# Value types that keep state of their own shape (their __setstate__ is not __dict__.update).
+OWN_STATE: tuple[type, ...] = (
+    np.ndarray,
+    np.dtype,
+    np.generic,
+    torch.Tensor,
+    functools.partial,
+    random.Random,
+)
+
 # Callable dunders that are followed, never called (``inspect.unwrap`` reads __wrapped__).
 FOLLOWED_DUNDERS = frozenset({"__wrapped__"})
 
 
 def _check_state(inst: object, state: object) -> None:
-    """Refuse dunder attributes that would make code run: a callable one (numpy calls an
-    instance's ``__array__``, copy its ``__reduce_ex__``), or ``__annotations__`` holding text
-    (``typing.get_type_hints`` evaluates strings). Names, docs, signatures and annotations made
-    of types are data."""
+    """Refuse state that would make code run later.
+
+    * Its shape: a dict, or a (dict, slots dict) pair, except for the value types that keep
+      their own (arrays, dtypes, frames, tensors, partials, random generators): a list of pairs
+      would pass ``__dict__.update`` unchecked.
+    * Dunders: a callable one (numpy calls an instance's ``__array__``, copy its
+      ``__reduce_ex__``), or ``__annotations__`` holding text (``typing.get_type_hints``
+      evaluates strings). Names, docs, signatures and annotations made of types are data.
+    * A class stored where the object's class has a method of that name: whoever calls the
+      method would run that class's ``__init__`` instead.
+    """
+    if isinstance(inst, OWN_STATE) or type(inst).__module__.startswith("pandas."):
+        return  # value types with state of their own shape (pandas: only its data classes)
     parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
-    for part in parts:
-        if not isinstance(part, dict):
-            continue
+    dicts = [part for part in parts if isinstance(part, dict)]
+    if len(dicts) != sum(part is not None for part in parts):
+        raise RefusedPickle(f"refused {type(state).__name__} state for a {_kind(inst)}")
+    for part in dicts:
         for key, value in part.items():
             if not isinstance(key, str):
                 raise RefusedPickle(f"refused a non-string attribute name on a {_kind(inst)}")
             if not (key.startswith("__") and key.endswith("__")):
+                if isinstance(value, type) and callable(_class_attribute(inst, key)):
+                    raise RefusedPickle(f"refused a class in place of {_kind(inst)}.{key}")
                 continue
             if key == "__annotations__":
                 if not isinstance(value, dict) or any(isinstance(v, str) for v in value.values()):
                     raise RefusedPickle(f"refused annotations as text on a {_kind(inst)}")
             elif callable(value) and key not in FOLLOWED_DUNDERS:
                 raise RefusedPickle(f"refused a callable {key} on a {_kind(inst)}")
+
+
+def _class_attribute(inst: object, name: str) -> object:
+    return next((vars(c)[name] for c in type(inst).__mro__ if name in vars(c)), None)
 
 
 def _kind(inst: object) -> str:

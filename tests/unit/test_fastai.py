@@ -448,6 +448,9 @@ def test_a_cloudpickled_closure_loads_as_a_placeholder(tmp_path: Path) -> None:
 class Host:
     """Stands for any allowlisted class without append/extend/__setstate__ of its own."""
 
+    def get(self, key: str) -> str:
+        return key
+
 
 def unpickle(
     raw: bytes,
@@ -577,3 +580,18 @@ def test_a_partial_only_binds_functions_the_export_may_store() -> None:
     swapped = ReferencePartial(parent_label)
     with pytest.raises(RefusedPickle, match=r"refused functools\.partial"):
         swapped.__setstate__((BaseLoss, (), {}, {}))
+
+
+def test_state_must_be_a_dict_and_cannot_put_a_class_in_place_of_a_method() -> None:
+    """dict.update also takes a list of pairs, which would skip every check; a class stored as
+    ``get`` would have its __init__ run by whoever calls ``obj.get(...)``."""
+    from ptserve.loading.restricted import RefusedPickle
+
+    table = {"victim.Host": Host}
+    host = b"\x80\x02cvictim\nHost\n)\x81"
+    pairs = host + b"]X\x01\x00\x00\x00aK\x01\x86ab."
+    with pytest.raises(RefusedPickle, match="refused list state"):
+        unpickle(pairs, table, classes=("victim.Host",))
+    shadow = host + b"}X\x03\x00\x00\x00getcvictim\nHost\nsb."
+    with pytest.raises(RefusedPickle, match=r"refused a class in place of Host\.get"):
+        unpickle(shadow, table, classes=("victim.Host",))
