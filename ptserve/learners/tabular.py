@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ptserve.errors import InvalidInput
+from ptserve.errors import InvalidInput, ModelLoadError
 from ptserve.hooks import Arrays
 from ptserve.signature import Signature, TensorSpec
 
@@ -29,6 +29,7 @@ class TabularLearner:
 
     def __post_init__(self) -> None:
         dls = self.learn.dls
+        _check_columns(dls)
         procs = dls.procs
         # FillMissing adds "<col>_na" categorical columns itself; a request does not send them
         added = {f"{n}_na" for n in getattr(getattr(procs, "fill_missing", None), "na_dict", {})}
@@ -124,6 +125,21 @@ class TabularLearner:
                 )
             if not textual and not _number(value):
                 raise InvalidInput(f"{where}.{name}: expected a number, got {_describe(value)}")
+
+
+def _check_columns(dls: Any) -> None:
+    """The learner's column tables must be plain data before anything is called on them (a
+    crafted export could put any object where fastai keeps a dict)."""
+    procs = dls.procs
+    classes = getattr(getattr(procs, "categorify", None), "classes", {})
+    na_dict = getattr(getattr(procs, "fill_missing", None), "na_dict", {})
+    names = [*dls.cat_names, *dls.cont_names, *classes, *na_dict]
+    plain = isinstance(classes, dict) and isinstance(na_dict, dict)
+    if not plain or not all(type(n) is str for n in names):
+        raise ModelLoadError("a fastai tabular learner whose column tables are not plain data")
+    for name, categories in classes.items():
+        if not all(np.isscalar(c) for c in categories):
+            raise ModelLoadError(f"a fastai tabular learner with non-value categories in {name!r}")
 
 
 def _number(value: Any) -> bool:

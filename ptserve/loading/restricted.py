@@ -67,12 +67,25 @@ def unpickler_class(
         and a type from the allowlist."""
         if callables.get(id(func)) is not func:
             raise RefusedPickle(f"refused to call {_name(func)}: it is not on the allowlist")
-        if id(new_type) not in global_ids:
+        if id(new_type) not in global_ids or not isinstance(new_type, type):
             raise RefusedPickle(f"refused tensor type {_name(new_type)}")
+        _check_state(new_type, state)  # torch sets it on the tensor attribute by attribute
         return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)  # type: ignore[no-untyped-call]
 
-    table[REBUILD_FROM_TYPE] = rebuild_from_type
-    callables[id(rebuild_from_type)] = rebuild_from_type
+    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any, state: Any) -> Any:
+        """torch's ``_rebuild_parameter_with_state``: no backward hooks, state checked."""
+        if hooks:
+            raise RefusedPickle("refused a parameter with backward hooks")
+        _check_state(torch.nn.Parameter, state)
+        return torch._utils._rebuild_parameter_with_state(data, requires_grad, hooks, state)  # type: ignore[no-untyped-call]
+
+    for name, checked in (
+        (REBUILD_FROM_TYPE, rebuild_from_type),
+        (REBUILD_PARAMETER, rebuild_parameter),
+    ):
+        callables.pop(id(table[name]), None)
+        table[name] = checked
+        callables[id(checked)] = checked
 
     class Unpickler(_RestrictedUnpickler):
         globals_table = table
@@ -84,6 +97,7 @@ def unpickler_class(
 
 
 REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+REBUILD_PARAMETER = "torch._utils._rebuild_parameter_with_state"
 
 
 # The pure-Python unpickler: unlike the C one, its opcodes can be overridden one by one.
@@ -148,7 +162,7 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
             hooks = [key for key in state if "hooks" in key and state[key]]
             if hooks:  # called by forward (or by saving, loading, backward) with the inputs
                 raise RefusedPickle(f"refused a {type(inst).__name__} with {', '.join(hooks)}")
-        _check_state(inst, state)
+        _check_state(type(inst), state)
         setstate = getattr(type(inst), "__setstate__", None)
         if setstate is not None:
             setstate(inst, state)
@@ -217,41 +231,40 @@ OWN_STATE: tuple[type, ...] = (
 FOLLOWED_DUNDERS = frozenset({"__wrapped__"})
 
 
-def _check_state(inst: object, state: object) -> None:
-    """Refuse state that would make code run later.
+def _check_state(cls: type, state: object) -> None:
+    """Refuse state for an object of ``cls`` that would make code run later.
 
     * Its shape: a dict, or a (dict, slots dict) pair, except for the value types that keep
       their own (arrays, dtypes, frames, tensors, partials, random generators): a list of pairs
-      would pass ``__dict__.update`` unchecked.
+      would pass ``__dict__.update`` unchecked. Their dicts are checked all the same.
     * Dunders: a callable one (numpy calls an instance's ``__array__``, copy its
       ``__reduce_ex__``), or ``__annotations__`` holding text (``typing.get_type_hints``
       evaluates strings). Names, docs, signatures and annotations made of types are data.
-    * A class stored where the object's class has a method of that name: whoever calls the
-      method would run that class's ``__init__`` instead.
+    * A class stored where ``cls`` has a method of that name: whoever calls the method would
+      run that class's ``__init__`` instead.
     """
-    if isinstance(inst, OWN_STATE) or type(inst).__module__.startswith("pandas."):
-        return  # value types with state of their own shape (pandas: only its data classes)
-    parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+    own = issubclass(cls, OWN_STATE) or cls.__module__.startswith("pandas.")
+    parts = state if isinstance(state, tuple) and (own or len(state) == 2) else (state,)
     dicts = [part for part in parts if isinstance(part, dict)]
-    if len(dicts) != sum(part is not None for part in parts):
-        raise RefusedPickle(f"refused {type(state).__name__} state for a {_kind(inst)}")
+    if not own and len(dicts) != sum(part is not None for part in parts):
+        raise RefusedPickle(f"refused {type(state).__name__} state for a {cls.__name__}")
     for part in dicts:
         for key, value in part.items():
             if not isinstance(key, str):
-                raise RefusedPickle(f"refused a non-string attribute name on a {_kind(inst)}")
+                raise RefusedPickle(f"refused a non-string attribute name on a {cls.__name__}")
             if not (key.startswith("__") and key.endswith("__")):
-                if isinstance(value, type) and callable(_class_attribute(inst, key)):
-                    raise RefusedPickle(f"refused a class in place of {_kind(inst)}.{key}")
+                if isinstance(value, type) and callable(_class_attribute(cls, key)):
+                    raise RefusedPickle(f"refused a class in place of {cls.__name__}.{key}")
                 continue
             if key == "__annotations__":
                 if not isinstance(value, dict) or any(isinstance(v, str) for v in value.values()):
-                    raise RefusedPickle(f"refused annotations as text on a {_kind(inst)}")
+                    raise RefusedPickle(f"refused annotations as text on a {cls.__name__}")
             elif callable(value) and key not in FOLLOWED_DUNDERS:
-                raise RefusedPickle(f"refused a callable {key} on a {_kind(inst)}")
+                raise RefusedPickle(f"refused a callable {key} on a {cls.__name__}")
 
 
-def _class_attribute(inst: object, name: str) -> object:
-    return next((vars(c)[name] for c in type(inst).__mro__ if name in vars(c)), None)
+def _class_attribute(cls: type, name: str) -> object:
+    return next((vars(c)[name] for c in cls.__mro__ if name in vars(c)), None)
 
 
 def _kind(inst: object) -> str:

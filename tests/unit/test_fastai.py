@@ -595,3 +595,21 @@ def test_state_must_be_a_dict_and_cannot_put_a_class_in_place_of_a_method() -> N
     shadow = host + b"}X\x03\x00\x00\x00getcvictim\nHost\nsb."
     with pytest.raises(RefusedPickle, match=r"refused a class in place of Host\.get"):
         unpickle(shadow, table, classes=("victim.Host",))
+
+
+def test_state_set_by_torch_rebuilds_and_on_value_types_is_checked_too() -> None:
+    """torch's tensor rebuild sets the pickle's state attribute by attribute, and value types
+    with state of their own shape (pandas arrays, tensors) still get their dicts checked."""
+    import pandas as pd
+
+    from ptserve.loading.restricted import RefusedPickle, _check_state
+
+    raw = (
+        b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ctorch.nn.parameter\nParameter\n"
+        b"ctorch\nTensor\n)}X\x0f\x00\x00\x00__annotations__}X\x01\x00\x00\x00xX\x04\x00\x00\x00exprsstR."
+    )
+    with pytest.raises(RefusedPickle, match="annotations as text on a Tensor"):
+        unpickle(raw, {})
+    with pytest.raises(RefusedPickle, match="annotations as text on a IntegerArray"):
+        _check_state(pd.arrays.IntegerArray, {"__annotations__": {"x": "expr"}})
+    _check_state(pd.arrays.IntegerArray, ({"_data": 1}, None, 3))  # its own shape: fine
