@@ -66,18 +66,16 @@ def request_model(
     signature: Signature,
     max_instances: int,
     allow_nan: bool,
+    example: dict[str, Any],
     images: bool = False,
     raw: bool = False,
-    example: dict[str, Any] | None = None,
 ) -> type[BaseModel]:
     """The ``{"instances": [...], "top_k": k}`` model for ``signature``; with ``images`` an
     instance may also be ``{"image": "<base64>"}``; with ``raw`` (for a user's preprocess hook)
-    an instance is any JSON value. ``example`` is the body the schema shows (default:
-    :func:`example_body`)."""
+    an instance is any JSON value. ``example`` is the body the schema shows."""
     sample: Any = _instance_type(signature, allow_nan, raw)
     if images and not raw:
         sample = _or_image(sample)
-    example = example or example_body(signature)
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [example]}),

@@ -282,10 +282,10 @@ def kind(name: str, trusted: Sequence[str]) -> Kind | None:
         return "reference"
     obj = _lookup(name)
     if isinstance(obj, type):
-        trained = name in TRAINING_ONLY or _qualified(obj) in TRAINING_ONLY
         if _pandas_class(obj):  # its data structures are pickled as calls: Index(data), ...
             return "constructor"
-        return "class" if trained or _family_class(obj, name) or is_allowed(name, ()) else None
+        rebuilt = training_only(name) or _family_class(obj, name) or is_allowed(name, ())
+        return "class" if rebuilt else None
     if not inspect.isfunction(obj):
         return None
     module = obj.__module__
@@ -303,9 +303,9 @@ def resolve(name: str, trusted: Sequence[str]) -> object:
     if name in STAND_INS:
         return STAND_INS[name]
     obj = _lookup(name)
-    if isinstance(obj, type) and (name in TRAINING_ONLY or _qualified(obj) in TRAINING_ONLY):
-        return TrainingOnly
-    if _training_only_function(name, obj):
+    if training_only(name):
+        if isinstance(obj, type):
+            return TrainingOnly
         module, _, qualname = name.rpartition(".")
         return Unavailable(module, qualname)
     if obj is None:
@@ -539,9 +539,7 @@ def _installed_function(
     reference, one of :data:`STORED_METHODS`, or anything in a trusted module (``--trust-module``).
     Other methods of allowlisted classes are not admitted: ``Path.unlink`` is one."""
     name = f"{module}.{qualname}"
-    listed = name in STORED_METHODS or (
-        kind(name, ()) == "reference" and not _training_only_function(name, _lookup(name))
-    )
+    listed = name in STORED_METHODS or (kind(name, ()) == "reference" and not training_only(name))
     if not listed and not is_allowed(name, trusted):  # never a stand-in's real function
         return None
     holder: object = sys.modules.get(module)

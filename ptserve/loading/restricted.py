@@ -139,14 +139,16 @@ class _RestrictedUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
 
     def load_newobj(self) -> None:
         args = self.stack.pop()
-        cls = self._class(self.stack.pop())
-        self.append(cls.__new__(cls, *args))
+        self._new(self.stack.pop(), args, {})
 
     def load_newobj_ex(self) -> None:
         kwargs = self.stack.pop()
         args = self.stack.pop()
-        cls = self._class(self.stack.pop())
-        self.append(cls.__new__(cls, *args, **kwargs))
+        self._new(self.stack.pop(), args, kwargs)
+
+    def _new(self, cls: object, args: Any, kwargs: Any) -> None:
+        allowed = self._class(cls)
+        self.append(allowed.__new__(allowed, *args, **kwargs))
 
     # The methods the opcodes below call are looked up on the object's *class* (allowlisted
     # code), never on the instance: a pickle can put anything in an instance's __dict__.
@@ -265,10 +267,6 @@ def _check_state(cls: type, state: object) -> None:
 
 def _class_attribute(cls: type, name: str) -> object:
     return next((vars(c)[name] for c in cls.__mro__ if name in vars(c)), None)
-
-
-def _kind(inst: object) -> str:
-    return type(inst).__name__
 
 
 def _name(obj: object) -> str:
