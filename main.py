@@ -7,7 +7,7 @@ setting from its PTSERVE_* variable too.
 from pathlib import Path
 
 from ptserve.app import create_app
-from ptserve.cli import serve
+from ptserve.server import serve
 from ptserve.settings import Settings
 
 settings = Settings(model_path=Path(__file__).with_name("model.pt"))

@@ -1,25 +1,16 @@
-"""``ptserve serve|info``: map the command line onto Settings, then hand over to uvicorn."""
+"""``ptserve serve|info``: map the command line onto Settings, then run the command (each
+command's module is imported only when it runs: ``serve`` needs torch, the parser does not)."""
 
 import argparse
 import json
-import os
-import signal
 import sys
-import tempfile
 import types
 from collections.abc import Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
-import uvicorn
 from pydantic import ValidationError
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
-from ptserve.app import WORKER_SETTINGS_ENV, create_app
 from ptserve.errors import ModelLoadError
-from ptserve.inspect import describe_file
-from ptserve.observability.logs import log_config
-from ptserve.observability.metrics import MULTIPROC_ENV
 from ptserve.settings import Settings
 
 FLAGS = {"trust_modules": "--trust-module", "cors_origins": "--cors-origin"}
@@ -40,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, ValueError) as exc:  # an unreadable or malformed config file
         parser.exit(2, f"ptserve: invalid settings: {exc}\n")
     if command == "info":
+        from ptserve.inspect import describe_file
+
         try:
             facts = describe_file(settings)
         except ModelLoadError as exc:
@@ -47,40 +40,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(json.dumps(facts, indent=2) if as_json else _text(facts))
         sys.stdout.write("\n")
     else:
+        from ptserve.server import serve
+
         try:
             serve(settings)
         except ValueError as exc:  # e.g. an API key file with no keys
             parser.exit(2, f"ptserve: {exc}\n")
-
-
-def serve(settings: Settings) -> None:
-    """Run the server in the foreground until SIGTERM/SIGINT (which drain first); exit 0 after
-    a clean stop, 3 if the model cannot load."""
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "log_config": log_config(settings.log_level, settings.log_format),
-        "access_log": False,  # ptserve logs each request itself, with its id and timing
-    }
-    # uvicorn re-raises the stop signal once it has shut down; answered here, the process then
-    # exits 0 instead of dying by the signal.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
-        return
-    # Each worker is a fresh (spawned) process that rebuilds these settings, loads the model
-    # and writes its metrics to the shared multiprocess folder.
-    with tempfile.TemporaryDirectory(prefix="ptserve-metrics-") as folder:
-        os.environ[MULTIPROC_ENV] = folder
-        os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
-        config = uvicorn.Config(
-            "ptserve.app:app_from_environment", factory=True, workers=settings.workers, **common
-        )
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-        supervisor.run()
-    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
-        sys.exit(STARTUP_FAILURE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -145,8 +145,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Modules whose classes a pickled model may use (repeatable).",
     )
-    unsafe_pickle: bool = Field(
-        False, description="Load pickles with no allowlist. Only for files you fully trust."
+    trust_pickle: bool = Field(
+        False,
+        description="Trust the file's pickled parts: unpickle them in full (a pickle can run "
+        "code). Only for files you trust; see the README's safety section.",
     )
     max_body_bytes: PositiveInt = Field(
         16 * 1024 * 1024, description="Largest request body; bigger ones get 413 unread."

@@ -93,8 +93,8 @@ def _load_fastai(path: Path, settings: Settings) -> tuple[torch.nn.Module, Signa
     from ptserve.learners import learner_parts
     from ptserve.loading.fastai import load_learner_safely
 
-    if settings.unsafe_pickle:
-        log.warning("loading %s with --unsafe-pickle: the file can run any code", path)
+    if settings.trust_pickle:
+        log.warning("loading %s with --trust-pickle: the file can run any code", path)
         learn = torch.load(path, weights_only=False, map_location="cpu")
     else:
         learn = load_learner_safely(path, [*settings.trust_modules, *_class_module(settings)])

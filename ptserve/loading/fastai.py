@@ -232,7 +232,7 @@ def load_learner_safely(path: Path, trusted: Sequence[str]) -> Any:
             f"{path}: refusing to unpickle this fastai export; it would import "
             f"{', '.join(refused)}, which are not fastai classes or safe helpers. If you trust "
             "this file, allow the defining modules with --trust-module MODULE (--trust-module "
-            "fastai trusts all of fastai's code), or load it without checks with --unsafe-pickle."
+            "fastai trusts all of fastai's code), or load it without checks with --trust-pickle."
         )
     table: dict[str, object] = {name: resolve(name, trusted) for name in names}
     for helper in HELPERS:  # returned by stand-ins, called by the pickle
@@ -372,7 +372,7 @@ class Unavailable:
         raise RuntimeError(
             f"{self.module}.{self.qualname} is stored as code in the model file, and ptserve "
             "does not run code from model files; make it importable and pass --trust-module "
-            f"{self.module}, or load the file with --unsafe-pickle if you trust it"
+            f"{self.module}, or load the file with --trust-pickle if you trust it"
         )
 
 

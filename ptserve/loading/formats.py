@@ -23,8 +23,8 @@ Loaded = tuple[Callable[..., Any], Signature | None]
 
 def load_pickle(path: Path, settings: Settings) -> Loaded:
     """A whole pickled nn.Module, unpickled with torch's weights-only loader and our allowlist."""
-    if settings.unsafe_pickle:
-        log.warning("loading %s with --unsafe-pickle: the file can run any code", path)
+    if settings.trust_pickle:
+        log.warning("loading %s with --trust-pickle: the file can run any code", path)
         return _module(path, torch.load(path, weights_only=False, map_location="cpu")), None
     trusted = [*settings.trust_modules, *_class_module(settings)]
     try:

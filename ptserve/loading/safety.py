@@ -23,7 +23,7 @@ def resolve_allowed(names: Sequence[str], trusted: Sequence[str], file: str) -> 
         raise ModelLoadError(
             f"{file}: refusing to unpickle; it would import {', '.join(refused)}, which are "
             "not torch.nn building blocks. If you trust this file, allow the defining modules "
-            "with --trust-module MODULE, or load it without checks with --unsafe-pickle."
+            "with --trust-module MODULE, or load it without checks with --trust-pickle."
         )
     return [import_global(name) for name in names]
 

@@ -82,10 +82,10 @@ CASES = {
         existing("pickle"),
         r"refusing to unpickle",
         ["--input-shape", "8"],
-        also=("tests.nets.TinyNet", "--trust-module", "--unsafe-pickle"),
+        also=("tests.nets.TinyNet", "--trust-module", "--trust-pickle"),
     ),
     "malicious pickle": Case(
-        malicious, r"refusing to unpickle.*(posix|os)\.system", also=("--unsafe-pickle",)
+        malicious, r"refusing to unpickle.*(posix|os)\.system", also=("--trust-pickle",)
     ),
 }
 
@@ -150,7 +150,7 @@ def test_info_lists_but_never_runs_a_malicious_pickle(outcomes: dict[str, Outcom
     facts = json.loads(result.stdout)
     assert facts["format"] == "pickle"
     assert any(re.fullmatch(r"(posix|os)\.system \(refused\)", i) for i in facts["imports"])
-    assert "--unsafe-pickle" in facts["not loaded"]
+    assert "--trust-pickle" in facts["not loaded"]
     assert "parameters" not in facts
 
 

@@ -66,7 +66,7 @@ def test_custom_class_pickle_is_refused_without_trust(artefacts: dict[str, Artef
     message = str(err.value)
     assert "tests.nets.TinyNet" in message
     assert "--trust-module" in message
-    assert "--unsafe-pickle" in message
+    assert "--trust-pickle" in message
     assert "torch.nn.modules.linear.Linear" not in message  # building blocks are allowed
 
 
@@ -83,15 +83,15 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as err:
         load_model(Settings(model_path=tmp_path / "evil.pt", input_shape=[2]))
     assert "system" in str(err.value)
-    assert "--unsafe-pickle" in str(err.value)
+    assert "--trust-pickle" in str(err.value)
     assert not marker.exists()
 
 
-def test_unsafe_pickle_is_an_explicit_opt_in(tmp_path: Path) -> None:
+def test_trust_pickle_is_an_explicit_opt_in(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     save_malicious(tmp_path / "evil.pt", marker)
     with pytest.raises(ModelLoadError, match=r"not a torch\.nn\.Module"):
-        load_model(Settings(model_path=tmp_path / "evil.pt", unsafe_pickle=True))
+        load_model(Settings(model_path=tmp_path / "evil.pt", trust_pickle=True))
     assert marker.exists()  # the opt-in really disables the checks
 
 

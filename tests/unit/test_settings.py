@@ -52,14 +52,14 @@ def test_cli_options_map_onto_settings() -> None:
     settings = from_cli(
         "m.pt", "--input-shape", "3", "64", "64", "--input-dtype", "float16",
         "--trust-module", "a.b", "--trust-module", "c", "--model-kwargs", '{"hidden": 4}',
-        "--unsafe-pickle", "--labels", "l.txt", "--format", "export",
+        "--trust-pickle", "--labels", "l.txt", "--format", "export",
     )  # fmt: skip
     assert settings.model_path == Path("m.pt")
     assert settings.input_shape == [3, 64, 64]
     assert settings.input_dtype == "float16"
     assert settings.trust_modules == ["a.b", "c"]
     assert settings.model_kwargs == {"hidden": 4}
-    assert settings.unsafe_pickle is True
+    assert settings.trust_pickle is True
     assert settings.format == "export"
 
 
