@@ -1,8 +1,6 @@
 """Metrics, request ids, Server-Timing, JSON access logs, API keys, body limit and CORS."""
 
 import asyncio
-import io
-import logging
 import os
 from pathlib import Path
 
@@ -10,7 +8,6 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ptserve.observability.logs import JsonFormatter
 from ptserve.settings import EXAMPLE_MODEL
 from tests.conftest import serving
 
@@ -83,7 +80,9 @@ async def test_access_log_is_one_json_line_with_the_request_id(
 ) -> None:
     async with serving(EXAMPLE_MODEL) as client:
         await client.post("/predict", json=ZEROS, headers={"X-Request-ID": "log-me"})
-    (line,) = [orjson.loads(x) for x in capsys.readouterr().err.splitlines() if "ptserve.access" in x]
+    (line,) = [
+        orjson.loads(x) for x in capsys.readouterr().err.splitlines() if "ptserve.access" in x
+    ]
     assert line["request_id"] == "log-me"
     assert (line["method"], line["route"], line["status"], line["model"]) == (
         "POST",
