@@ -14,7 +14,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -179,15 +179,19 @@ class Batcher:
         leave before its turn); on an idle model it starts within this loop iteration."""
         return self.running >= self.concurrency
 
-    @contextlib.contextmanager
-    def arrival(self) -> Iterator[None]:
-        """Mark a request as on its way (received, not yet queued): see BatchPolicy."""
+    def arrival(self) -> "Arrival":
+        """Context manager marking a request as on its way (received, not yet queued): see
+        BatchPolicy."""
+        return Arrival(self)
+
+    def arrive(self) -> None:
+        """A request is on its way: received, its body not yet read and decoded."""
         self.arriving += 1
-        try:
-            yield
-        finally:
-            self.arriving -= 1
-            self._wake.set()
+
+    def arrived(self) -> None:
+        """That request was queued, or failed before: look again at what is queued."""
+        self.arriving -= 1
+        self._wake.set()
 
     async def submit(self, arrays: Arrays, timeout: float) -> Arrays:
         """Queue ``arrays`` (batched, one per input) and wait for the model's outputs.
@@ -419,3 +423,18 @@ def _fail(item: Item) -> None:
 
 def _request_ids(batch: Sequence[Item]) -> str:
     return ", ".join(item.request_id or "-" for item in batch)
+
+
+class Arrival:
+    """``with batcher.arrival():`` around reading and decoding a request."""
+
+    __slots__ = ("batcher",)
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    def __enter__(self) -> None:
+        self.batcher.arrive()
+
+    def __exit__(self, *exc: object) -> None:
+        self.batcher.arrived()

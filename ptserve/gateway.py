@@ -153,8 +153,17 @@ class Gateway:
                     )
                 call = HttpCall(scope, receive, params, self.limit)
                 reply = await route.handler(call)
-                headers = [(b"content-type", reply.content_type), *reply.headers]
-                await _respond(send_with_headers, reply.status, headers, reply.body)
+                body = reply.body
+                headers = [
+                    (b"content-type", reply.content_type), *reply.headers, *extra,
+                    (b"content-length", b"%d" % len(body)), _server_timing(timing, started),
+                ]  # fmt: skip
+                outcome.started = True
+                outcome.status = reply.status
+                await send(
+                    {"type": "http.response.start", "status": reply.status, "headers": headers}
+                )
+                await send({"type": "http.response.body", "body": body})
             else:
                 self._admit(scope, path)
                 await self.inner(scope, self._counted(receive), send_with_headers)
@@ -274,7 +283,7 @@ def _presented_key(headers: RawHeaders) -> str | None:
 
 
 def _server_timing(timing: Timing, started: float) -> tuple[bytes, bytes]:
-    return b"server-timing", timing.header(time.perf_counter() - started).encode()
+    return b"server-timing", timing.header(time.perf_counter() - started)
 
 
 def _header_dict(scope: Scope) -> dict[str, str]:

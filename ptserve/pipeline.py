@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ptserve.service import InferenceService
 
 Arrays = list[np.ndarray[Any, Any]]
-Watch = Callable[[bool], AbstractAsyncContextManager[None]]
+Watch = Callable[[], AbstractAsyncContextManager[None]]
 
 
 @dataclass(slots=True)
@@ -59,7 +59,7 @@ async def run(
     """Admit, decode, prepare and infer one request; return it with the model's outputs.
 
     ``decode`` reads and validates the request (it is not called when the request is refused
-    on admission); ``watch(will_wait)`` cancels the work if the client goes away.
+    on admission); ``watch()`` cancels work that has to wait if the client goes away.
     """
     outcome = "ok"
     try:
@@ -67,8 +67,13 @@ async def run(
         with service.arrival():
             request = await decode()
             service.check(request)
-            arrays = await service.prepare(request)
-        async with watch(service.will_wait()):
+            arrays = request.arrays
+            if arrays is None:
+                arrays = await service.prepare(request)
+        if service.will_wait():  # only work that waits can see its client leave
+            async with watch():
+                outputs = await service.infer(arrays, timeout)
+        else:
             outputs = await service.infer(arrays, timeout)
     except ServeError as error:
         outcome = error.code
@@ -82,6 +87,6 @@ async def run(
 
 
 @asynccontextmanager
-async def unwatched(will_wait: bool) -> AsyncIterator[None]:
+async def unwatched() -> AsyncIterator[None]:
     """The watch of a transport that cancels abandoned calls itself."""
     yield

@@ -72,8 +72,9 @@ class InferenceService:
         self.prepare_off_loop = self.images is not None or self.preprocess_hook is not None
         self.timeout_s = settings.timeout_ms / 1000
         self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
+        self.output_count = len(signature.outputs)
         self.batcher = Batcher(
-            runner.forward, runner.run_blocking, self.policy, settings.max_queue, metrics,
+            self._forward, runner.run_blocking, self.policy, settings.max_queue, metrics,
             concurrency=settings.inference_threads or 1,
         )  # fmt: skip
         self.threads: ThreadPlan | None = None
@@ -130,6 +131,12 @@ class InferenceService:
         self.runner.use(self.threads)
         self.batcher.concurrency_to(self.threads.inference)
         log.info("%s", self.threads.describe(self.policy.max_batch_size))
+
+    def _forward(self, arrays: Arrays) -> Arrays:
+        """A batch through the model (on the inference thread), with its label scores computed
+        for the whole batch at once."""
+        outputs = self.runner.forward(arrays)
+        return [*outputs, *self.postprocessor.scores(outputs)]
 
     def start_batching(self) -> None:
         """Start the batch loop; needs the running event loop."""
@@ -192,16 +199,17 @@ class InferenceService:
 
     async def infer(self, arrays: Arrays, timeout: float) -> Arrays:
         """Run validated arrays through the batcher: 503 when it is full, 504 past ``timeout``
-        seconds in the queue, 500 when the model raises on these samples."""
+        seconds in the queue, 500 when the model raises on these samples. Returns the model's
+        outputs (the first ``output_count``), then what ``predictions`` needs of them."""
         return await self.batcher.submit(arrays, timeout)
 
     async def predictions(self, outputs: Arrays, request: ModelInput) -> list[Any]:
         """One prediction per sample: the postprocess hook's (on a worker thread), or labels
         with scores, or the raw outputs."""
         if self.hooks is not None and self.postprocess_hook is not None:
-            hooks = self.hooks
+            model_outputs = outputs[: self.output_count]
             return await to_thread.run_sync(
-                run_postprocess, hooks, outputs, request.size, self.translate
+                run_postprocess, self.hooks, model_outputs, request.size, self.translate
             )
         return self.postprocessor(outputs, request.top_k)
 

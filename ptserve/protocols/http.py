@@ -97,16 +97,12 @@ class HttpCall:
         return Request(self.scope, self.receive)
 
     @asynccontextmanager
-    async def cancelled_on_disconnect(self, watch: bool) -> AsyncIterator[None]:
+    async def cancelled_on_disconnect(self) -> AsyncIterator[None]:
         """Cancel the enclosed work when the client disconnects (raising ClientDisconnected),
-        so queued work for a client that left is dropped instead of computed. With ``watch``
-        false it does nothing: the watch (a task) is skipped when the work will not wait.
+        so queued work for a client that left is dropped instead of computed.
 
         Only after the body has been read: the next ASGI message is then the disconnect.
         """
-        if not watch:
-            yield
-            return
         task = asyncio.current_task()
         assert task is not None
         gone = False

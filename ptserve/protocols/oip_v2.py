@@ -141,7 +141,8 @@ class V2Codec:
         self, request: ModelInput, outputs: list[Any], names: list[str]
     ) -> dict[str, Any]:
         """The outputs by name, with the postprocess hook's predictions when asked for."""
-        by_name: dict[str, Any] = dict(zip(self.outputs, outputs, strict=False))
+        model_outputs = outputs[: self.service.output_count]  # the rest are label scores
+        by_name: dict[str, Any] = dict(zip(self.outputs, model_outputs, strict=False))
         if PREDICTION in names:
             predictions = await self.service.predictions(outputs, request)
             try:

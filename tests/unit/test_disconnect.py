@@ -21,7 +21,7 @@ async def test_work_is_cancelled_when_the_client_disconnects() -> None:
     work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handler() -> None:
-        async with call_with(message).cancelled_on_disconnect(True):
+        async with call_with(message).cancelled_on_disconnect():
             await work
 
     task = asyncio.ensure_future(handler())
@@ -36,7 +36,7 @@ async def test_work_that_finishes_returns_and_stops_watching() -> None:
     message: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
     async def handler() -> int:
-        async with call_with(message).cancelled_on_disconnect(True):
+        async with call_with(message).cancelled_on_disconnect():
             await asyncio.sleep(0)
             return 42
 
