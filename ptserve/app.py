@@ -38,7 +38,7 @@ from ptserve.errors import (
 from ptserve.gateway import ERROR_CODE, Gateway, RouteTable
 from ptserve.observability.access import AccessLog
 from ptserve.observability.logs import setup_logging
-from ptserve.observability.metrics import mark_worker_dead
+from ptserve.observability.metrics import PUBLISH_S, mark_worker_dead
 from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, page, simple
 from ptserve.runtime import Runtime
@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> PtserveApp:
         service.start_batching()
         if settings.access_log:
             runtime.access_log = AccessLog(settings.log_format)
+        publisher = asyncio.get_running_loop().create_task(_publish_metrics(runtime))
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
@@ -108,6 +109,8 @@ def create_app(settings: Settings) -> PtserveApp:
             for served in runtime.models.all():
                 await served.service.stop(settings.drain_timeout_s)
             restore_signals()
+            publisher.cancel()
+            runtime.metrics.publish()  # the last counts, before this worker's files are closed
             if runtime.access_log is not None:
                 runtime.access_log.close()
             mark_worker_dead()
@@ -143,6 +146,14 @@ def create_app(settings: Settings) -> PtserveApp:
             allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"],
         )  # fmt: skip
     return app
+
+
+async def _publish_metrics(runtime: Runtime) -> None:
+    """Publish the hot path's counts every so often (see observability.metrics), so that
+    another worker's scrape sees them."""
+    while True:
+        await asyncio.sleep(PUBLISH_S)
+        runtime.metrics.publish()
 
 
 def configure_threads(settings: Settings) -> None:

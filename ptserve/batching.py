@@ -211,10 +211,13 @@ class Batcher:
         step = self.policy.max_batch_size
         timing = context.timing.get()
         deadline = now + timeout
-        items = [
-            Item([a[i : i + step] for a in arrays], deadline, loop.create_future(), now, timing)
-            for i in range(0, size, step)
-        ]
+        if size <= step:  # the usual case: one item, no slicing
+            items = [Item(arrays, deadline, loop.create_future(), now, timing)]
+        else:
+            items = [
+                Item([a[i : i + step] for a in arrays], deadline, loop.create_future(), now, timing)
+                for i in range(0, size, step)
+            ]
         self.queue.extend(items)
         self.queued_samples += size
         self._idle.clear()
@@ -410,7 +413,9 @@ class Batcher:
                 item.timing.batch_size = size
                 item.timing.batch_started_ns = wall_started
             if not item.future.done():
-                item.future.set_result([out[start:end] for out in outputs])
+                item.future.set_result(
+                    outputs if len(batch) == 1 else [out[start:end] for out in outputs]
+                )
             start = end
 
 
