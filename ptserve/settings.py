@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     max_queue: PositiveInt = Field(
         4096, description="Most samples queued per model; beyond it requests get 503."
     )
+    admission_wait_ms: float = Field(
+        1000,
+        ge=0,
+        description="When the queue is full, how long a new request may wait (its body unread) "
+        "for room before it gets 503 with Retry-After.",
+    )
     timeout_ms: float = Field(
         30_000,
         gt=0,
