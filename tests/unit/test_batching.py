@@ -326,7 +326,8 @@ async def test_a_full_queue_makes_new_requests_wait_for_room_first_come_first_se
         assert order == []  # no room: both wait, nothing refused
         queued = asyncio.ensure_future(b.submit(sample(3), timeout=30, admitted=True))
         await settle()
-        assert order == [] and b.queued_samples == 1
+        assert order == []
+        assert b.queued_samples == 1
         model.gate.set()
         await asyncio.gather(running, queued, *waiting)
     assert order == [1, 2]

@@ -114,7 +114,8 @@ def test_plain_bodies_take_the_fast_path(body: bytes) -> None:
     spec = SPECS[0]
     fast = ArrayReader(spec, MAX_INSTANCES, smallest=0).read(body)
     full = slow(spec, body)
-    assert fast is not None and full is not None
+    assert fast is not None
+    assert full is not None
     np.testing.assert_array_equal(fast[0], full[0])
     assert fast[1] == full[1]
 
