@@ -5,6 +5,7 @@ person at a terminal can read."""
 import os
 import pty
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,36 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import PTSERVE, REPO_ROOT, child_env, run_cli, running_ptserve, stop_process
+from tests.e2e.conftest import (
+    PTSERVE,
+    REPO_ROOT,
+    child_env,
+    free_port,
+    run_cli,
+    running,
+    running_ptserve,
+    stop_process,
+)
 from tests.guards import COMMAND_S, REQUEST_S, hang_guard
 from tests.user_models import UserFolder, make_user_folder
 
 # ptserve itself comes from the repo; the user's folder is never on the Python path.
 NO_USER_PATH = {"PYTHONPATH": str(REPO_ROOT)}
+# What pip's `ptserve` console script does. Unlike `python -m ptserve`, it does not put the
+# current folder on the Python path: ptserve has to look there itself.
+CONSOLE_SCRIPT = "import sys\nfrom ptserve.cli import main\nsys.exit(main())\n"
 
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory) -> UserFolder:
     return make_user_folder(tmp_path_factory.mktemp("user"))
+
+
+@pytest.fixture(scope="module")
+def ptserve_command(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    script = tmp_path_factory.mktemp("bin") / "ptserve"
+    script.write_text(CONSOLE_SCRIPT)
+    return [sys.executable, str(script)]
 
 
 def predict(base_url: str, instances: list[Any]) -> np.ndarray:
@@ -44,10 +64,16 @@ def predict(base_url: str, instances: list[Any]) -> np.ndarray:
     ],
 )
 def test_a_model_whose_classes_the_training_script_defined(
-    args: list[str], from_the_models_folder: bool, user: UserFolder, tmp_path: Path
+    args: list[str],
+    from_the_models_folder: bool,
+    user: UserFolder,
+    ptserve_command: list[str],
+    tmp_path: Path,
 ) -> None:
     cwd, model = (user.folder, "model.pt") if from_the_models_folder else (REPO_ROOT, user.model)
-    with running_ptserve([str(model), *args], tmp_path / "log", NO_USER_PATH, cwd) as server:
+    port = free_port()
+    argv = [*ptserve_command, "serve", str(model), *args, "--port", str(port)]
+    with running(argv, port, tmp_path / "log", NO_USER_PATH, cwd) as server:
         got = predict(server.base_url, user.expected["x"].tolist())
     np.testing.assert_allclose(got, user.expected["net"], rtol=1e-5, atol=1e-6)
 
