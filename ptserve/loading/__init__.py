@@ -119,7 +119,7 @@ def resolve_signature(
     settings: Settings, model: Callable[..., Any], carried: Signature | None
 ) -> Signature:
     """The input signature: settings, else the artefact's own, else an example file, else the
-    first layer's width for a model that starts with ``nn.Linear``."""
+    first layer's width for a model that starts with ``nn.Linear`` and takes one input."""
     names = settings.input_names
     if settings.input_shape is not None:
         shapes = settings.input_shape

@@ -4,8 +4,10 @@ person at a terminal can read."""
 
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +143,14 @@ def stderr_of(args: list[str], terminal: bool) -> str:
     )  # fmt: skip
     os.close(follower)
     chunks = []
+    deadline = time.monotonic() + hang_guard(COMMAND_S)
     try:
-        while chunk := _read(leader):
+        while select.select([leader], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if not (chunk := _read(leader)):
+                break
             chunks.append(chunk)
+        else:
+            pytest.fail(f"ptserve {' '.join(args)} still running: {b''.join(chunks)!r}")
         process.wait(timeout=hang_guard(COMMAND_S))
     finally:
         stop_process(process)
