@@ -37,7 +37,7 @@ from ptserve.errors import (
 )
 from ptserve.gateway import ERROR_CODE, Gateway, RouteTable
 from ptserve.observability.access import AccessLog
-from ptserve.observability.logs import setup_logging
+from ptserve.observability.logs import resolve_format, setup_logging
 from ptserve.observability.metrics import PUBLISH_S, mark_worker_dead
 from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, page, simple
@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> PtserveApp:
         gc.freeze()
         service.start_batching()
         if settings.access_log:
-            runtime.access_log = AccessLog(settings.log_format)
+            runtime.access_log = AccessLog(resolve_format(settings.log_format))
         publisher = asyncio.get_running_loop().create_task(_publish_metrics(runtime))
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():

@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# Install what the tests need from this repo's own files, then lint, type-check and run every test.
+# The test command. Installs what the tests need from this repo's own files, then runs lint,
+# type checks and the main test suite:
+#   bash scripts/test.sh          the main suite (the README says how long it takes)
+#   bash scripts/test.sh --all    then also the fastai vision tests, in a second environment
+#                                 (.venv-vision, 6.4 GB, built on first use: see test-vision.sh)
+# CI (.ci/run) runs --all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  "") all=0 ;;
+  --all) all=1 ;;
+  *) echo "usage: bash scripts/test.sh [--all]" >&2; exit 2 ;;
+esac
 
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
@@ -23,7 +34,9 @@ mypy
 python -m pytest -q
 
 # fastai vision learners need torchvision, which needs another torch: a second environment.
-# PTSERVE_SKIP_VISION=1 leaves it out (for a quick local run).
-if [ "${PTSERVE_SKIP_VISION:-0}" != 1 ]; then
+if [ "$all" = 1 ]; then
   bash scripts/test-vision.sh
+else
+  echo "Main suite passed. The fastai vision tests were skipped: they need a second environment"
+  echo "(.venv-vision, 6.4 GB); bash scripts/test.sh --all builds it once and runs them too."
 fi

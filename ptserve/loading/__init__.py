@@ -14,7 +14,14 @@ from ptserve.errors import ModelLoadError
 from ptserve.loading.detect import detect_format
 from ptserve.loading.formats import LOADERS
 from ptserve.settings import ModelFormat, Settings
-from ptserve.signature import DTYPE_NAMES, Signature, TensorSpec, read_example
+from ptserve.signature import (
+    DTYPE_NAMES,
+    Signature,
+    TensorSpec,
+    check_forward,
+    forward_inputs,
+    read_example,
+)
 
 if TYPE_CHECKING:
     from ptserve.hooks import Hooks
@@ -77,6 +84,9 @@ def load_model(settings: Settings) -> LoadedModel:
         if facts.format != "export":  # exported graphs are captured in eval mode already
             model.eval()
     signature = resolve_signature(settings, model, carried)
+    mismatch = check_forward(model, signature)
+    if mismatch is not None:
+        log.warning("%s: %s", facts.path, mismatch)
     log.info(
         "loaded %s (%s) on %s; inputs from %s", facts.path, facts.format, device, signature.source
     )
@@ -109,12 +119,18 @@ def resolve_signature(
     settings: Settings, model: Callable[..., Any], carried: Signature | None
 ) -> Signature:
     """The input signature: settings, else the artefact's own, else an example file, else the
-    first layer's width for a model that starts with ``nn.Linear``."""
+    first layer's width for a model that starts with ``nn.Linear`` and takes one input."""
     names = settings.input_names
     if settings.input_shape is not None:
-        dtype = settings.input_dtype or _float_dtype(model)
-        spec = TensorSpec((names or ["input"])[0], dtype, tuple(settings.input_shape))
-        return Signature((spec,), source="settings")
+        shapes = settings.input_shape
+        if isinstance(shapes, list):
+            shapes = {(names or ["input"])[0]: shapes}
+        order = names or list(shapes)
+        default = _float_dtype(model)
+        specs = tuple(
+            TensorSpec(n, _dtype(settings, n) or default, tuple(shapes[n])) for n in order
+        )
+        return Signature(specs, source="settings")
     if carried is not None:
         return _renamed(carried, names)
     example = settings.example_input or _beside(settings.model_path, ".example.npy", ".example.npz")
@@ -124,14 +140,33 @@ def resolve_signature(
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{example}: unreadable example input ({exc})") from None
     first = next((m for m in _leaves(model) if not isinstance(m, torch.nn.Identity)), None)
-    if isinstance(first, torch.nn.Linear):
-        dtype = settings.input_dtype or DTYPE_NAMES[first.weight.dtype]
-        spec = TensorSpec((names or ["input"])[0], dtype, (first.in_features,))
-        return Signature((spec,), source="first nn.Linear layer")
-    raise ModelLoadError(
-        f"{settings.model_path}: the input shape is unknown; give it with --input-shape "
-        "(e.g. --input-shape 3 224 224) or save an example batch beside the model as "
-        f"{settings.model_path.stem}.example.npy"
+    inputs = forward_inputs(model)
+    if isinstance(first, torch.nn.Linear) and (inputs is None or len(inputs) <= 1):
+        dtype = _dtype(settings, (names or ["input"])[0]) or DTYPE_NAMES[first.weight.dtype]
+        spec = TensorSpec("input", dtype, (first.in_features,))
+        return _renamed(Signature((spec,), source="first nn.Linear layer"), names)
+    raise ModelLoadError(f"{settings.model_path}: {_unknown_shape(settings.model_path, inputs)}")
+
+
+def _dtype(settings: Settings, name: str) -> str | None:
+    """The dtype the settings give input ``name`` (None: not given)."""
+    dtype = settings.input_dtype
+    return dtype.get(name) if isinstance(dtype, dict) else dtype
+
+
+def _unknown_shape(path: Path, inputs: list[str] | None) -> str:
+    """The advice for a model whose input shape nothing gives, fitted to forward's inputs."""
+    example = f"save an example batch beside the model as {path.stem}.example"
+    if inputs is not None and len(inputs) > 1:
+        flags = " ".join(f"{n}=DIMS" for n in inputs)
+        return (
+            f"the input shapes are unknown; forward takes {len(inputs)} inputs "
+            f"({', '.join(inputs)}): give a shape per input with --input-shape {flags} (DIMS "
+            f"like 3,224,224), or {example}.npz with one array per input"
+        )
+    return (
+        "the input shape is unknown; give it with --input-shape (e.g. --input-shape 3 224 224) "
+        f"or {example}.npy"
     )
 
 
@@ -139,7 +174,13 @@ def _renamed(signature: Signature, names: list[str] | None) -> Signature:
     if not names:
         return signature
     if len(names) != len(signature.inputs):
-        raise ModelLoadError(f"{len(names)} input names given for {len(signature.inputs)} inputs")
+        given = ", ".join(s.name for s in signature.inputs)
+        count = f"{len(signature.inputs)} input{'s' if len(signature.inputs) != 1 else ''}"
+        raise ModelLoadError(
+            f"{len(names)} input names given ({', '.join(names)}) but the {signature.source} "
+            f"gives {count} ({given}); give one name per input, or a shape per input: "
+            "--input-shape NAME=DIMS ..."
+        )
     specs = tuple(
         TensorSpec(n, s.dtype, s.shape) for n, s in zip(names, signature.inputs, strict=True)
     )

@@ -36,6 +36,7 @@ class AccessLog:
     batches to ``stream`` (default: standard error, as the other log lines)."""
 
     def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
+        """``fmt``: ``json`` or ``text`` (resolve ``auto`` first: logs.resolve_format)."""
         self.json = fmt == "json"
         self.stream = stream if stream is not None else sys.stderr
         logger = logging.getLogger(LOGGER)
@@ -78,11 +79,12 @@ class AccessLog:
 
     def _format(self, entry: Entry) -> str:
         when, quiet, method, path, route, status, code, seconds, model, request_id = entry
-        if not self.json:
-            why = f" {code}" if code is not None else ""
-            level = "DEBUG" if quiet else "INFO"
+        if not self.json:  # as ptserve.observability.logs.TextFormatter lays lines out
+            level = "DEBUG:   " if quiet else "INFO:    "
+            why = f" code={code}" if code is not None else ""
             return (
-                f"{level}:     {method} {path} {status}{why} {seconds * 1000:.3f}ms id={request_id}"
+                f"{level} {method} {path} {status}  duration_ms={seconds * 1000:.3f} "
+                f"model={model}{why} request_id={request_id}"
             )
         second = int(when)
         if second != self._second:  # the date and time change once a second: format them once

@@ -14,6 +14,7 @@ import torch
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
 from tests.e2e.conftest import PTSERVE, REPO_ROOT, Server, free_port, run_cli, running
+from tests.guards import REQUEST_S, hang_guard
 
 EXAMPLE = REPO_ROOT / "ptserve" / "example" / "digits.pt"
 DIGITS = [0, 1, 7, 42, 1000]
@@ -65,7 +66,9 @@ def test_serves_labelled_digit_predictions(
 ) -> None:
     server, name = entrypoint
     response = httpx.post(
-        f"{server.base_url}/predict", json={"instances": digits.tolist()}, timeout=30
+        f"{server.base_url}/predict",
+        json={"instances": digits.tolist()},
+        timeout=hang_guard(REQUEST_S),
     )
     assert response.status_code == 200, response.text
     body = response.json()

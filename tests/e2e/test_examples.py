@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO_ROOT, child_env, stop_process
-
-EXAMPLE_TIMEOUT_S = 120
+from tests.guards import EXAMPLE_S, hang_guard
 
 
 def run_example(name: str, *args: str) -> str:
@@ -21,7 +20,7 @@ def run_example(name: str, *args: str) -> str:
         text=True, start_new_session=True,  # its server goes with it when stopped
     )  # fmt: skip
     try:
-        stdout, stderr = process.communicate(timeout=EXAMPLE_TIMEOUT_S)
+        stdout, stderr = process.communicate(timeout=hang_guard(EXAMPLE_S))
     finally:
         stop_process(process)
     assert process.returncode == 0, stderr

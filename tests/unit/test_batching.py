@@ -11,8 +11,13 @@ import pytest
 
 from ptserve.batching import Batcher, BatchPolicy, Forward
 from ptserve.errors import DeadlineExceeded, ModelFailure, Overloaded
+from tests.guards import REQUEST_S, hang_guard
 
 pytestmark = pytest.mark.anyio
+LONG_DELAY_S = 60.0
+# "At once" means long before a LONG_DELAY_S delay would flush; half of it tells the two apart
+# and is a generous hang guard on a busy machine.
+AT_ONCE_S = LONG_DELAY_S / 2
 Arrays = list[np.ndarray]
 
 
@@ -92,8 +97,8 @@ def test_policy_with_a_fake_clock(now: float, queued: int, arriving: int, expect
 async def test_a_lone_request_runs_at_once_despite_a_long_delay() -> None:
     model = GatedModel()
     model.gate.set()
-    async with batcher(model, max_delay=60.0) as b:
-        (out,) = await asyncio.wait_for(b.submit(sample(1.5), timeout=30), 5)
+    async with batcher(model, max_delay=LONG_DELAY_S) as b:
+        (out,) = await asyncio.wait_for(b.submit(sample(1.5), timeout=30), AT_ONCE_S)
     np.testing.assert_array_equal(out, [[3.0, 3.0]])
 
 
@@ -129,7 +134,7 @@ async def test_waits_for_arriving_requests_then_flushes_together() -> None:
     model = GatedModel()
     model.gate.set()
     body_read = asyncio.Event()
-    async with batcher(model, max_delay=60.0) as b:
+    async with batcher(model, max_delay=LONG_DELAY_S) as b:
 
         async def second_request() -> Arrays:
             await b.admit(wait=30)  # received; its body is still being read
@@ -142,7 +147,7 @@ async def test_waits_for_arriving_requests_then_flushes_together() -> None:
         await settle()
         assert not first.done()  # held back: another request is on its way
         body_read.set()
-        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        await asyncio.wait_for(asyncio.gather(first, second), AT_ONCE_S)
     assert model.batches == [[1.0, 2.0]]
 
 
@@ -151,7 +156,7 @@ async def test_flushes_when_the_delay_passes_even_while_requests_arrive() -> Non
     model.gate.set()
     async with batcher(model, max_delay=0.01) as b:
         await b.admit(wait=30)  # another request is arriving, and stays so
-        (out,) = await asyncio.wait_for(b.submit(sample(4), timeout=30), 5)
+        (out,) = await asyncio.wait_for(b.submit(sample(4), timeout=30), hang_guard(REQUEST_S))
         b.arrived()
     np.testing.assert_array_equal(out, [[8.0, 8.0]])
 
@@ -301,7 +306,7 @@ async def test_a_request_cancelled_while_the_loop_waits_for_arrivals_leaves_it_w
         gone.cancel()
         await asyncio.sleep(0.1)  # past the delay: the loop re-evaluates an empty queue
         b.arrived()
-        (out,) = await asyncio.wait_for(b.submit(sample(1), timeout=30), 5)
+        (out,) = await asyncio.wait_for(b.submit(sample(1), timeout=30), hang_guard(REQUEST_S))
     np.testing.assert_array_equal(out, [[2.0, 2.0]])
     assert model.batches == [[1.0]]
 
@@ -363,6 +368,6 @@ async def test_a_waiting_client_that_leaves_gives_its_turn_to_the_next() -> None
         gone.cancel()
         model.gate.set()
         await asyncio.gather(running, queued)
-        await asyncio.wait_for(next_one, 5)  # admitted once the queue had room
+        await asyncio.wait_for(next_one, hang_guard(REQUEST_S))  # admitted once it had room
         assert b.arriving == 1
         b.arrived()

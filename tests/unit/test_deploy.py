@@ -36,6 +36,7 @@ import yaml
 from referencing import Registry, Resource
 
 from ptserve.settings import Settings
+from tests.guards import COMMAND_S, hang_guard
 
 Manifest = dict[str, Any]
 
@@ -507,7 +508,7 @@ def test_the_model_volume_holds_the_model_the_server_serves(tmp_path: Path) -> N
     subprocess.run(
         [sys.executable, "-c", code.replace(f'"{model_dir}"', repr(str(tmp_path)))],
         check=True,
-        timeout=120,
+        timeout=hang_guard(COMMAND_S),
     )
     assert (tmp_path / model_path.name).is_file()
     assert (tmp_path / "labels.txt").is_file()
@@ -699,7 +700,10 @@ def test_healthcheck_fails_unless_ready(stub_server: tuple[int, dict[str, int]])
     def run_check(at_port: int) -> int:
         environment = {"PTSERVE_PORT": str(at_port), "PATH": "/usr/bin:/bin"}
         done = subprocess.run(
-            [sys.executable, *argv[1:]], env=environment, capture_output=True, timeout=30
+            [sys.executable, *argv[1:]],
+            env=environment,
+            capture_output=True,
+            timeout=hang_guard(COMMAND_S),
         )
         return done.returncode
 
