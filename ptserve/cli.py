@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
     as_json = args.pop("json", False)
+    load = args.pop("load", False)
     try:
         settings = Settings(**args)
     except ValidationError as exc:
@@ -34,11 +35,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ptserve.inspect import describe_file
 
         try:
-            facts = describe_file(settings)
+            described = describe_file(settings, load)
         except ModelLoadError as exc:
             parser.exit(1, f"ptserve: {exc}\n")
+        facts = described.facts
         sys.stdout.write(json.dumps(facts, indent=2) if as_json else _text(facts))
         sys.stdout.write("\n")
+        if described.refusal is not None:
+            parser.exit(1, f"ptserve: serve would refuse it: {described.refusal}\n")
     else:
         from ptserve.server import serve
 
@@ -56,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="serve a model (default: the bundled example)")
     info_cmd = commands.add_parser("info", help="describe a model file without running it")
     info_cmd.add_argument("--json", action="store_true", help="print JSON")
+    info_cmd.add_argument(
+        "--load",
+        action="store_true",
+        help="also load the model, under serve's safety rules, for its parameter count, "
+        "outputs and forward arity (without it nothing in the file is unpickled or run)",
+    )
     for name, command in (("serve", serve_cmd), ("info", info_cmd)):
         nargs = "?" if name == "serve" else None
         command.add_argument(
