@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         description="Largest image (width x height) accepted; bigger ones are refused before "
         "they are decoded (decompression bombs).",
     )
+    image_budget_pixels: PositiveInt | None = Field(
+        None,
+        description="Decoded image pixels in flight per worker (about 4-12 bytes each while an "
+        "image is decoded and scaled); beyond it image requests wait, up to timeout_ms, then "
+        "get 503. Default: a quarter of the machine's memory (or container limit) at 12 bytes "
+        "a pixel, divided among the workers, and at least max_image_pixels.",
+    )
     allow_nan: bool = Field(False, description="Accept NaN and Infinity in inputs.")
     max_instances: PositiveInt = Field(1024, description="Most instances in one request.")
     max_batch_size: PositiveInt = Field(
