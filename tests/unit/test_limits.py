@@ -1,14 +1,18 @@
 """Every parser of a model file's bytes stops at its limits with a one-line refusal: zip
-directories, JSON, pickle opcodes, safetensors headers, TorchScript code."""
+directories, JSON, pickle opcodes, safetensors headers, TorchScript code, example arrays."""
 
 import io
+import re
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
+from ptserve.arrays import read_arrays
 from ptserve.errors import ModelLoadError
 from ptserve.loading import archive, detect, load_model
 from ptserve.loading.archive import open_zip
@@ -196,3 +200,44 @@ def test_torchscript_that_reads_server_files_is_refused(tmp_path: Path) -> None:
     assert "--trust-pickle" in message
     assert attack.control is not None
     assert attack.control(attack.path).tolist() == [7.0]  # plain torch does read the file
+
+
+# example arrays beside a model
+
+
+def npy_claiming(shape: tuple[int, ...], payload: bytes) -> bytes:
+    """An .npy whose header states ``shape`` (float32) but which holds only ``payload``."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + payload
+
+
+def test_example_arrays_are_read_as_saved(tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", np.ones((2, 3), np.float32))
+    np.savez_compressed(tmp_path / "two.npz", a=np.ones((2, 3)), b=np.zeros(2, np.int64))
+    one = read_arrays(tmp_path / "one.npy")
+    assert isinstance(one, np.ndarray)
+    assert one.shape == (2, 3)
+    two = read_arrays(tmp_path / "two.npz")
+    assert isinstance(two, dict)
+    assert {k: v.shape for k, v in two.items()} == {"a": (2, 3), "b": (2,)}
+
+
+@pytest.mark.parametrize(
+    ("make", "cause"),
+    [
+        (lambda p: p.write_bytes(npy_claiming((10**12,), bytes(16))), "claims (1000000000000,)"),
+        (lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "holds Python objects"),
+        (lambda p: zip_of(p, {"a.npy": bytes(50_000_000)}, zipfile.ZIP_DEFLATED), "inflate"),
+        (lambda p: zip_of(p, {f"{i}.npy": b"" for i in range(1025)}), "1025 arrays"),
+        (lambda p: p.write_bytes(b"not an array"), "magic"),
+    ],
+)
+def test_hostile_example_arrays_are_refused_before_numpy_allocates(
+    make: Any, cause: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.example.npy"
+    make(path)
+    with pytest.raises(ValueError, match=re.escape(cause)):
+        read_arrays(path)
