@@ -84,10 +84,10 @@ def hostile_exports(folder: Path) -> dict[str, Hostile]:
 
     def make(name: str, edit: Callable[[dict[str, bytes], Path], None], control: bool) -> None:
         marker = folder / f"{name}.ran"
-        entries = _entries(base)
+        entries = archive_entries(base)
         edit(entries, marker)
         path = folder / f"{name}.pt2"
-        _write(path, entries, root=name)
+        write_archive(path, entries, root=name)
         made[name] = Hostile(path, marker, run_export if control else None)
 
     def pickled_weight(e: dict[str, bytes], marker: Path) -> None:
@@ -168,7 +168,7 @@ def _duplicate_config(base: Path, folder: Path) -> Hostile:
     takes one by a binary search over sorted names, so padding entries are added until it takes
     the first (a pickled weight): a checker that used zipfile would pass what torch unpickles."""
     marker = folder / "duplicate_config.ran"
-    entries = _entries(base)
+    entries = archive_entries(base)
     honest = entries.pop(CONFIG)
     config = json.loads(honest)
     config["config"]["scale"].update(path_name="weight_9", use_pickle=True)
@@ -194,7 +194,9 @@ def _pre_2_7_layout(base: Path, folder: Path) -> Hostile:
     payload = _torch_saved(marker)
     path = folder / "pre_2_7_layout.pt2"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("serialized_exported_program.json", _entries(base)["models/model.json"])
+        archive.writestr(
+            "serialized_exported_program.json", archive_entries(base)["models/model.json"]
+        )
         for name in ("state_dict", "constants", "example_inputs"):
             archive.writestr(f"serialized_{name}.pt", payload)
         archive.writestr("version", "8.20")
@@ -262,13 +264,13 @@ def _torch_saved(marker: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _entries(path: Path) -> dict[str, bytes]:
+def archive_entries(path: Path) -> dict[str, bytes]:
     """An archive's entries by name below its root folder."""
     with zipfile.ZipFile(path) as archive:
         return {i.filename.split("/", 1)[1]: archive.read(i) for i in archive.infolist()}
 
 
-def _write(path: Path, entries: dict[str, bytes], root: str) -> None:
+def write_archive(path: Path, entries: dict[str, bytes], root: str) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in entries.items():
             archive.writestr(f"{root}/{name}", data)

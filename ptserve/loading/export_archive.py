@@ -116,7 +116,7 @@ def _read_model(archive: ExportArchive, model: str, name: str) -> None:
         if config in index.entries:
             _read_payloads(archive, config, folder)
     examples = pt2.SAMPLE_INPUTS_FILENAME_FORMAT.format(model)
-    if examples in index.entries:
+    if examples in index.entries and index.size(examples):  # torch reads no bytes as none
         archive.examples.append(examples)
         data = index.read(examples, MAX_EXAMPLES_BYTES)
         refused = archive_globals(open_zip(Path(index.path), (examples, data)))
@@ -198,7 +198,7 @@ def example_problems(archive: ExportArchive) -> list[str]:
     for name in archive.examples:
         data = archive.index.read(name, MAX_EXAMPLES_BYTES)
         try:
-            loaded = torch.load(io.BytesIO(data), weights_only=True) if data else {}
+            loaded = torch.load(io.BytesIO(data), weights_only=True)
         except Exception as exc:
             found = WEIGHTS_ONLY_CAUSE.search(str(exc))
             cause = found.group(1) if found else " ".join(str(exc).split())[:200]

@@ -21,7 +21,6 @@ reaches an interpreter must be the harmless form torch itself writes (torch 2.13
 
 import functools
 import io
-import keyword
 import math
 import re
 import tokenize
@@ -278,7 +277,9 @@ def _json_problems(text: str, name: str) -> Iterator[str]:
 
 
 def _identifier(value: Any) -> bool:
-    return isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)
+    """A name that cannot leave the place in generated code it is pasted into (a keyword such
+    as ``from``, an aten argument's name, can at worst make the code not compile)."""
+    return isinstance(value, str) and value.isidentifier()
 
 
 def _show(value: Any) -> str:

@@ -181,7 +181,7 @@ def test_parameters_are_counted_from_the_weights_config(hostile: dict[str, Hosti
     ("program", "problem"),
     [
         ({"name": "x y"}, "name 'x y' is not a Python identifier"),
-        ({"name": "class"}, "is not a Python identifier"),
+        ({"name": "a.b"}, "is not a Python identifier"),
         ({"tensor_values": {"a-b": {}}}, "value name 'a-b'"),
         ({"forward_arg_names": ["x", "y)"]}, "are not Python identifiers"),
         ({"fqn": 'l"'}, "is not a dotted name"),
@@ -226,3 +226,13 @@ def test_what_torch_writes_passes() -> None:
                         "math.floor(torch.sym_float(L['x'].size()[0])) >= 2"],
     }  # fmt: skip
     assert program_problems(program, "models/model.json") == []
+
+
+def test_an_archive_without_example_inputs_loads(tmp_path: Path) -> None:
+    from tests.hostile import archive_entries, exported, write_archive
+
+    entries = archive_entries(exported(tmp_path / "base.pt2"))
+    entries["data/sample_inputs/model.pt"] = b""  # what torch writes for a program without them
+    write_archive(tmp_path / "bare.pt2", entries, root="bare")
+    loaded = load_model(Settings(model_path=tmp_path / "bare.pt2"))
+    assert loaded.signature.inputs[0].shape == (8,)
