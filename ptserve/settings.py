@@ -154,8 +154,9 @@ class Settings(BaseSettings):
     )
     trust_pickle: bool = Field(
         False,
-        description="Trust the file's pickled parts: unpickle them in full (a pickle can run "
-        "code). Only for files you trust; see the README's safety section.",
+        description="Trust the file: unpickle its pickled parts in full (a pickle can run code) "
+        "and load .pt2 or TorchScript parts that run code. Only for files you trust; see the "
+        "README's safety section.",
     )
     max_body_bytes: PositiveInt = Field(
         16 * 1024 * 1024, description="Largest request body; bigger ones get 413 unread."
