@@ -132,7 +132,7 @@ async def test_images_past_the_decoding_budget_get_503_with_retry_after(tmp_path
     model = save_colour_model(tmp_path)
     settings = {"input_shape": [3, 8, 8], "image_budget_pixels": 1000}
     async with serving_app(model, **settings) as (app, client):
-        budget = app.state.runtime.service.images.budget
+        budget = app.state.runtime.models.get(None).service.images.budget
         budget.wait_s = 0  # refuse at once rather than wait up to timeout_ms
         with budget.admit(budget.pixels, "another request"):  # the budget is spent
             upload = await client.post("/predict", files={"file": ("a.png", encoded(RED))})
