@@ -18,7 +18,6 @@ from ptserve.errors import ModelLoadError
 from ptserve.loading import FileFacts, inspect_file, load_model, resolve_signature
 from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
-from ptserve.loading.export_archive import read_export
 from ptserve.loading.formats import untrusted
 from ptserve.loading.safetensors_header import read_header
 from ptserve.loading.safety import is_allowed, resolve_allowed
@@ -122,6 +121,8 @@ def _read(facts: FileFacts, settings: Settings, described: Description) -> Signa
         if (problems := torchscript_problems(index)) and not settings.trust_pickle:
             raise untrusted(path, problems)
     if facts.format == "export":
+        from ptserve.loading.export_archive import read_export  # torch.export's serde: heavy
+
         archive = read_export(path)
         out["parameters"] = archive.parameters
         if archive.unsafe and not settings.trust_pickle:

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from ptserve.errors import ModelLoadError
 from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
-from ptserve.loading.export_archive import example_problems, read_export
 from ptserve.loading.safetensors_header import read_header
 from ptserve.loading.safety import resolve_allowed
 from ptserve.loading.torchscript import torchscript_problems
@@ -97,6 +96,9 @@ def load_export(path: Path, settings: Settings) -> Loaded:
     The archive is read as data first (``loading/export_archive.py``): one that would make
     torch unpickle or run code from the file is refused unless the operator trusts it.
     """
+    # imported here: the checks need torch.export's serde and sympy (70 MB), as loading does
+    from ptserve.loading.export_archive import example_problems, read_export
+
     archive = read_export(path)
     if settings.trust_pickle:
         log.warning("loading %s with --trust-pickle: the file can run any code", path)
