@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:  # reported by the command's own parser, with its options to suggest from
         _command_parser(parser, command).error(f"unrecognized arguments: {' '.join(unknown)}")
     as_json = args.pop("json", False)
+    load = args.pop("load", False)
     for warning in unknown_environment(os.environ):
         sys.stderr.write(f"ptserve: warning: {warning}\n")
     try:
@@ -88,11 +89,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ptserve.inspect import describe_file
 
         try:
-            facts = describe_file(settings)
+            described = describe_file(settings, load)
         except ModelLoadError as exc:
             parser.exit(1, f"ptserve: {exc}\n")
+        facts = described.facts
         sys.stdout.write(json.dumps(facts, indent=2) if as_json else _text(facts))
         sys.stdout.write("\n")
+        if described.refusal is not None:
+            parser.exit(1, f"ptserve: serve would refuse it: {described.refusal}\n")
     else:
         from ptserve.server import serve
 
@@ -122,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     info_cmd.add_argument("--json", action="store_true", help="print JSON")
+    info_cmd.add_argument(
+        "--load",
+        action="store_true",
+        help="also load the model, under serve's safety rules, for its parameter count, "
+        "outputs and forward arity (without it nothing in the file is unpickled or run)",
+    )
     for name, command in (("serve", serve_cmd), ("info", info_cmd)):
         groups = setting_groups(command)
         groups["model"].add_argument(

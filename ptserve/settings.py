@@ -171,6 +171,14 @@ class Settings(BaseSettings):
     max_instances: PositiveInt = Field(
         1024, description="Most instances in one request.", group="batching"
     )
+    image_budget_pixels: PositiveInt | None = Field(
+        None,
+        description="Decoded image pixels in flight per worker (about 4-12 bytes each while an "
+        "image is decoded and scaled); beyond it image requests wait, up to timeout_ms, then "
+        "get 503. Default: a quarter of the machine's memory (or container limit) at 12 bytes "
+        "a pixel, divided among the workers, and at least max_image_pixels.",
+        group="images",
+    )
     max_batch_size: PositiveInt = Field(
         32,
         description="Most samples the server batches into one forward pass.",
@@ -233,8 +241,9 @@ class Settings(BaseSettings):
     )
     trust_pickle: bool = Field(
         False,
-        description="Trust the file's pickled parts: unpickle them in full (a pickle can run "
-        "code). Only for files you trust; see the README's safety section.",
+        description="Trust the file: unpickle its pickled parts in full (a pickle can run code) "
+        "and load .pt2 or TorchScript parts that run code. Only for files you trust; see the "
+        "README's safety section.",
         group="security",
     )
     max_body_bytes: PositiveInt = Field(

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ptserve.arrays import read_arrays
+
 DType = Literal[
     "float32", "float64", "float16", "bfloat16",
     "int64", "int32", "int16", "int8", "uint8", "bool",
@@ -87,13 +89,11 @@ def spec_from_tensor(name: str, batch: torch.Tensor, variable: frozenset[int]) -
 def read_example(path: Path, names: list[str] | None = None) -> Signature:
     """A signature from an example batch saved as ``.npy`` (one input) or ``.npz`` (named inputs).
 
-    Loaded with ``allow_pickle=False``: an example file can never run code.
+    Read by ``ptserve.arrays`` within limits and never unpickled: an example file can never
+    run code.
     """
-    loaded = np.load(path, allow_pickle=False)
-    if isinstance(loaded, np.ndarray):
-        arrays = {(names or ["input"])[0]: loaded}
-    else:
-        arrays = {key: loaded[key] for key in loaded.files}
+    loaded = read_arrays(path)
+    arrays = {(names or ["input"])[0]: loaded} if isinstance(loaded, np.ndarray) else loaded
     specs, samples = [], []
     for name, array in arrays.items():
         if array.ndim == 0:

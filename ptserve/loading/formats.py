@@ -14,10 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from ptserve.errors import ModelLoadError
+from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
+from ptserve.loading.safetensors_header import read_header
 from ptserve.loading.safety import resolve_allowed, script_pickle
+from ptserve.loading.torchscript import torchscript_problems
 from ptserve.settings import Settings
-from ptserve.signature import Signature, spec_from_tensor
+from ptserve.signature import Signature
 
 log = logging.getLogger("ptserve")
 Loaded = tuple[Callable[..., Any], Signature | None]
@@ -52,7 +55,9 @@ def load_state_dict(path: Path, settings: Settings) -> Loaded:
 
 
 def load_safetensors(path: Path, settings: Settings) -> Loaded:
-    """A safetensors file (memory-mapped), loaded into ``settings.model_class``."""
+    """A safetensors file (memory-mapped, its header checked first), loaded into
+    ``settings.model_class``."""
+    read_header(path)
     return _into_class(path, load_file(path), settings), None
 
 
@@ -111,30 +116,41 @@ def _kwargs_hint(cls: Any, given: dict[str, Any]) -> str:
 
 
 def load_torchscript(path: Path, settings: Settings) -> Loaded:
-    """A TorchScript archive (torch.jit.save)."""
+    """A TorchScript archive (torch.jit.save): its pickles go through TorchScript's own
+    unpickler (``loading/torchscript.py`` says why that is safe); code that reads server files
+    is refused unless the operator trusts the file."""
+    problems = torchscript_problems(open_zip(path))
+    if problems and not settings.trust_pickle:
+        raise untrusted(path, problems)
     return torch.jit.load(str(path), map_location="cpu"), None  # type: ignore[no-untyped-call]
 
 
 def load_export(path: Path, settings: Settings) -> Loaded:
-    """A torch.export program (.pt2); its input specs become the signature."""
-    program = torch.export.load(path)
-    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    specs = []
-    for name in program.graph_signature.user_inputs:
-        value = placeholders[name].meta["val"]
-        dynamic = frozenset(i for i, d in enumerate(value.shape) if isinstance(d, torch.SymInt))
-        if 0 not in dynamic:
-            raise ModelLoadError(
-                f"{path}: exported with a fixed batch of {value.shape[0]}; export with "
-                "dynamic_shapes={...: {0: Dim('batch')}} and an example batch of 2 or more"
-            )
-        concrete = torch.empty(
-            [1 if isinstance(d, torch.SymInt) else d for d in value.shape],
-            dtype=value.dtype,
-            device="meta",
-        )
-        specs.append(spec_from_tensor(name, concrete, dynamic))
-    return program.module(), Signature(tuple(specs), source="torch.export input specs")
+    """A torch.export program (.pt2); its input specs become the signature.
+
+    The archive is read as data first (``loading/export_archive.py``): one that would make
+    torch unpickle or run code from the file is refused unless the operator trusts it.
+    """
+    # imported here: the checks need torch.export's serde and sympy (70 MB), as loading does
+    from ptserve.loading.export_archive import example_problems, read_export
+
+    archive = read_export(path)
+    if settings.trust_pickle:
+        log.warning("loading %s with --trust-pickle: the file can run any code", path)
+    elif problems := archive.unsafe or example_problems(archive):
+        raise untrusted(path, problems)
+    signature = archive.signature()
+    return torch.export.load(path).module(), signature
+
+
+def untrusted(path: Path, problems: list[str]) -> ModelLoadError:
+    """The one-line refusal of a file that would run code from itself if loaded: the first
+    problem, how many more, and the opt-in."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ModelLoadError(
+        f"{path}: refusing to load: {problems[0]}{more}. If you trust this file, load it "
+        "with --trust-pickle."
+    )
 
 
 LOADERS: dict[str, Callable[[Path, Settings], Loaded]] = {

@@ -82,12 +82,13 @@ def test_serves_labelled_digit_predictions(
 
 
 def test_info_describes_the_example_without_loading_code() -> None:
-    result = run_cli(["info", "model.pt", "--json"])
+    result = run_cli(["info", "model.pt", "--json", "--load"])
     assert result.returncode == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["format"] == "pickle"
     assert facts["sha256"] == hashlib.sha256(Path(REPO_ROOT / "model.pt").read_bytes()).hexdigest()
     assert facts["parameters"] == 4810
+    assert facts["outputs"] == ["output: float32 [10] per sample"]
     imports = [entry.split(" ")[0] for entry in facts["imports"]]
     assert "torch.nn.modules.linear.Linear" in imports
     assert all(name.startswith("torch.nn.") for name in imports), imports

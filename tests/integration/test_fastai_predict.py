@@ -102,21 +102,20 @@ async def test_the_openapi_example_is_a_row_of_the_learners_columns(
     assert response.json()["predictions"][0]["label"] in list(tabular.learn.dls.vocab)
 
 
-def test_info_gives_each_global_its_verdict(tabular: TabularExport) -> None:
+def test_info_lists_the_globals_and_says_the_export_needs_trust(tabular: TabularExport) -> None:
     from ptserve.inspect import describe_file
     from ptserve.settings import Settings
 
-    info = describe_file(Settings(model_path=tabular.path))
-    imports = info["imports"]
-    assert (
-        "fastai.tabular.learner.TabularLearner (allowed: objects rebuilt from their state, the "
-        "class never called)"
-    ) in imports
-    assert "fastai.learner.Recorder (training only: an inert placeholder)" in imports
-    assert "builtins.getattr (replaced by a safe stand-in)" in imports
-    assert "fastai.torch_core.trainable_params (training only: an inert placeholder)" in imports
-    assert not [i for i in imports if i.endswith("(refused)")]
-    assert info["inputs"] == ["x_cat: int64 [1] per sample", "x_cont: float32 [4] per sample"]
+    described = describe_file(Settings(model_path=tabular.path))
+    assert "fastai.tabular.learner.TabularLearner (refused)" in described.facts["imports"]
+    assert described.refusal is not None
+    assert "--trust-pickle" in described.refusal
+    trusted = describe_file(Settings(model_path=tabular.path, trust_pickle=True), load=True)
+    assert trusted.refusal is None
+    assert trusted.facts["inputs"] == [
+        "x_cat: int64 [1] per sample",
+        "x_cont: float32 [4] per sample",
+    ]
 
 
 def test_info_names_a_refused_global_and_loads_nothing(tmp_path: Path) -> None:
@@ -129,8 +128,8 @@ def test_info_names_a_refused_global_and_loads_nothing(tmp_path: Path) -> None:
     from ptserve.settings import Settings
 
     torch.save({"learner": Learner, "run": os.system}, tmp_path / "export.pkl")
-    info = describe_file(Settings(model_path=tmp_path / "export.pkl"))
-    assert info["format"] == "fastai"
-    assert "posix.system (refused)" in info["imports"]
-    assert "refusing to unpickle" in info["not loaded"]
-    assert "parameters" not in info
+    described = describe_file(Settings(model_path=tmp_path / "export.pkl"), load=True)
+    assert described.facts["format"] == "fastai"
+    assert "posix.system (refused)" in described.facts["imports"]
+    assert described.refusal is not None
+    assert "parameters" not in described.facts
