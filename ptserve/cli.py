@@ -1,11 +1,13 @@
-"""``ptserve serve|info``: map the command line onto Settings, then run the command (each
-command's module is imported only when it runs: ``serve`` needs torch, the parser does not)."""
+"""``ptserve serve|info|convert``: map the command line onto Settings, then run the command
+(each command's module is imported only when it runs: ``serve`` needs torch, the parser does
+not)."""
 
 import argparse
 import json
 import sys
 import types
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
@@ -23,6 +25,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
+    if command == "convert":
+        from ptserve.convert import ConversionError
+        from ptserve.convert.command import convert
+
+        try:
+            sys.stdout.write(convert(args["export"], args["out_dir"]))
+        except ConversionError as exc:
+            parser.exit(1, f"ptserve: {exc}\n")
+        return
     as_json = args.pop("json", False)
     try:
         settings = Settings(**args)
@@ -56,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="serve a model (default: the bundled example)")
     info_cmd = commands.add_parser("info", help="describe a model file without running it")
     info_cmd.add_argument("--json", action="store_true", help="print JSON")
+    convert_cmd = commands.add_parser(
+        "convert",
+        help="turn a trusted fastai export into a pickle-free folder that ptserve serves",
+        description="Load a fastai export (learn.export()) with fastai, in a confined child "
+        "process, and write OUT_DIR: the model as a torch.export program and the learner's "
+        "preprocessing and decoding as data, checked against learn.predict. Serve it with "
+        "'ptserve serve OUT_DIR', without fastai and without unpickling anything. The export "
+        "can run code while it loads: convert only files you trust.",
+    )
+    convert_cmd.add_argument("export", type=Path, metavar="EXPORT", help="the export.pkl")
+    convert_cmd.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="a new folder")
     for name, command in (("serve", serve_cmd), ("info", info_cmd)):
         nargs = "?" if name == "serve" else None
         command.add_argument(

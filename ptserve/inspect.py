@@ -1,6 +1,5 @@
 """``ptserve info``: what a model file is, without running code from it."""
 
-import importlib.util
 from typing import Any
 
 from ptserve.errors import ModelLoadError
@@ -16,16 +15,11 @@ SAFETY = {
     "safetensors": "weights only, no pickle at all (needs --model-class); preferred",
     "torchscript": "a TorchScript program: no Python pickle; preferred",
     "export": "a torch.export program: no Python pickle, carries its signature; preferred",
-    "fastai": "a fastai Learner (learn.export()): unpickled with an allowlist of fastai classes "
-    "and safe helpers, plus --trust-module modules",
-}
-
-
-FASTAI_KINDS = {
-    "constructor": "allowed",
-    "class": "allowed: objects rebuilt from their state, the class never called",
-    "reference": "allowed as data: stored, never called while loading",
-    None: "refused",
+    "fastai": "a fastai Learner export (learn.export()): a full Python pickle that can run code "
+    "when loaded; refused without --trust-pickle. Convert it once to a pickle-free folder: "
+    "ptserve convert FILE OUT_DIR",
+    "converted": "a folder written by ptserve convert: a torch.export program and "
+    "preprocessing as data, no pickle; preferred",
 }
 
 
@@ -46,24 +40,8 @@ def describe_file(settings: Settings) -> dict[str, Any]:
             f"{name} ({'allowed' if is_allowed(name, trusted) else 'refused'})"
             for name in pickle_globals(facts.path)
         ]
-    elif facts.format == "fastai" and importlib.util.find_spec("fastai") is not None:
-        from ptserve.loading.fastai import (
-            MAKE_FUNCTION,
-            STAND_INS,
-            import_entry_points,
-            kind,
-            training_only,
-        )
-
-        import_entry_points()
-        info["imports"] = [
-            f"{name} (replaced by a safe stand-in)"
-            if name in STAND_INS or name == MAKE_FUNCTION
-            else f"{name} (training only: an inert placeholder)"
-            if training_only(name)
-            else f"{name} ({FASTAI_KINDS[kind(name, trusted)]})"
-            for name in pickle_globals(facts.path)
-        ]
+    elif facts.format == "fastai":  # information only: none of them is imported
+        info["imports"] = pickle_globals(facts.path)
     try:
         loaded = load_model(settings)
     except ModelLoadError as exc:

@@ -18,7 +18,9 @@ from pydantic_settings import (
 from ptserve.signature import DType
 
 EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
-ModelFormat = Literal["pickle", "state_dict", "safetensors", "torchscript", "export", "fastai"]
+ModelFormat = Literal[
+    "pickle", "state_dict", "safetensors", "torchscript", "export", "fastai", "converted"
+]
 
 
 class Settings(BaseSettings):
