@@ -121,17 +121,5 @@ def _category(known: list[Category], rng: np.random.Generator) -> Category:
     return known[int(rng.integers(len(known)))]
 
 
-def tabular_predictions(learn: Any, rows: list[dict[str, Any]]) -> list[list[float]]:
-    """``learn.predict`` on each row: its probabilities (or predictions)."""
-    import pandas as pd
-
-    results = []
-    for row in rows:
-        with learn.no_bar():
-            _, _, probs = learn.predict(pd.Series(row, dtype=object))
-        results.append([float(p) for p in np.asarray(probs, dtype=np.float64).reshape(-1)])
-    return results
-
-
 def _name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"

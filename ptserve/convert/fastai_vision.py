@@ -161,15 +161,5 @@ def sample_images(folder: Path) -> list[str]:
     return names
 
 
-def vision_predictions(learn: Any, paths: list[Path]) -> list[list[float]]:
-    """``learn.predict`` on each image file: its probabilities (or predictions)."""
-    results = []
-    for path in paths:
-        with learn.no_bar():
-            _, _, probs = learn.predict(path)
-        results.append([float(p) for p in np.asarray(probs, dtype=np.float64).reshape(-1)])
-    return results
-
-
 def _name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"

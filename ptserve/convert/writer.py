@@ -1,22 +1,19 @@
 """Write a converted folder from a fastai export (in the conversion's child process, which
 loads the export with fastai's own ``load_learner``: the operator trusts it for this)."""
 
+import contextlib
 import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
 from ptserve.convert import ConversionError
-from ptserve.convert.fastai_tabular import (
-    is_tabular,
-    sample_rows,
-    tabular_predictions,
-    tabular_preprocessing,
-)
-from ptserve.convert.fastai_vision import sample_images, vision_predictions, vision_preprocessing
+from ptserve.convert.fastai_tabular import is_tabular, sample_rows, tabular_preprocessing
+from ptserve.convert.fastai_vision import sample_images, vision_preprocessing
 from ptserve.convert.manifest import (
     CHECK_FOLDER,
     CHECK_SAMPLES,
@@ -153,16 +150,29 @@ def _check_samples(
 ) -> CheckSamples:
     folder.mkdir()
     if isinstance(spec, TabularPreprocessing):
+        import pandas as pd
+
         rows = sample_rows(spec, TABULAR_SAMPLES)
-        samples = CheckSamples(
-            inputs="generated rows", rows=rows, expected=tabular_predictions(learn, rows)
-        )
+        expected = _predictions(learn, [pd.Series(row, dtype=object) for row in rows])
+        samples = CheckSamples(inputs="generated rows", rows=rows, expected=expected)
     else:
         names = sample_images(folder)
-        expected = vision_predictions(learn, [folder / n for n in names])
+        expected = _predictions(learn, [folder / name for name in names])
         samples = CheckSamples(inputs="generated images", images=names, expected=expected)
     (folder / CHECK_SAMPLES).write_text(samples.model_dump_json() + "\n")
     return samples
+
+
+def _predictions(learn: Any, items: list[Any]) -> list[list[float]]:
+    """``learn.predict`` on each item: its probabilities (or, for regression, predictions)."""
+    # no_bar exists only where fastai's progress module was imported (the export's callbacks)
+    quiet = learn.no_bar() if hasattr(type(learn), "no_bar") else contextlib.nullcontext()
+    results = []
+    with quiet:
+        for item in items:
+            _, _, probs = learn.predict(item)
+            results.append([float(p) for p in np.asarray(probs, dtype=np.float64).reshape(-1)])
+    return results
 
 
 def _sha256(path: Path) -> str:

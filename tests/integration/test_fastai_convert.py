@@ -16,6 +16,7 @@ from ptserve.convert import ConversionError
 from ptserve.convert.command import convert
 from ptserve.errors import ModelLoadError
 from ptserve.loading import load_model
+from ptserve.loading.detect import pickle_globals
 from ptserve.settings import Settings
 from tests.conftest import NEEDS_FASTAI, serving
 from tests.fastai_learners import TabularExport
@@ -233,6 +234,19 @@ def test_a_learner_outside_the_supported_set_fails_naming_what(
             convert(export, out)
         assert not out.exists()
         assert [p.name for p in out.parent.iterdir()] == ["export.pkl"]  # no staging left
+
+
+def test_an_export_made_without_fastais_progress_callback_converts(
+    tabular: TabularExport, tmp_path: Path
+) -> None:
+    """An export made inside ``learn.no_bar()`` holds no ProgressCallback, so loading it does
+    not import fastai's progress module (nor its ``Learner.no_bar``)."""
+    from fastai.callback.progress import ProgressCallback
+
+    export = retrained_export(tabular, tmp_path, lambda learn: learn.remove_cb(ProgressCallback))
+    assert "fastai.callback.progress" not in " ".join(pickle_globals(export))
+    convert(export, tmp_path / "out")
+    assert (tmp_path / "out" / "ptserve.json").is_file()
 
 
 def test_convert_refuses_what_it_cannot_convert_before_starting(
