@@ -318,3 +318,22 @@ def test_the_conversion_child_cannot_write_connect_or_signal_outside(
     ):
         assert f"'{what}': 'refused ({error})'" in message, message
     assert not marker.exists()
+
+
+def test_an_export_that_is_no_learner_fails_and_its_payload_writes_nothing(tmp_path: Path) -> None:
+    """The first hostile export the suite held: a fastai global beside a reduce to os.system.
+    Converting it runs the payload (the operator trusted the file), but the child's file system
+    is read-only outside its staging folder, and fastai fails on what is no Learner."""
+    from fastai.tabular.learner import TabularLearner
+
+    from tests.hostile_exports import Shell, save_like_export
+
+    marker = tmp_path / "PWNED"
+    export = save_like_export(
+        {"learner": TabularLearner, "payload": Shell(marker)}, tmp_path / "x.pkl"
+    )
+    with pytest.raises(
+        ConversionError, match=r"x\.pkl: fastai's load_learner could not load it: 'dict'"
+    ):
+        convert(export, tmp_path / "out")
+    assert not marker.exists()
