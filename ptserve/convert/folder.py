@@ -13,10 +13,12 @@ import torch
 from ptserve.convert.decoding import LearnerDecoding
 from ptserve.convert.manifest import (
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     Manifest,
     TabularPreprocessing,
     open_regular_file,
     read_manifest,
+    read_regular_file,
 )
 from ptserve.convert.tabular import TabularRows
 from ptserve.convert.vision import VisionImages
@@ -29,8 +31,12 @@ from ptserve.signature import Signature
 
 def folder_facts(folder: Path) -> tuple[int, str]:
     """The folder's size (its files) and the manifest's sha256, which pins the model too: the
-    manifest carries the model's sha256, checked at load."""
-    manifest = (folder / MANIFEST).read_bytes()
+    manifest carries the model's sha256, checked at load. ModelLoadError for an unreadable
+    manifest."""
+    try:
+        manifest = read_regular_file(folder, MANIFEST, MAX_MANIFEST_BYTES)
+    except ValueError as exc:
+        raise ModelLoadError(f"{folder}: {exc}") from None
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return size, hashlib.sha256(manifest).hexdigest()
 
