@@ -1,5 +1,6 @@
-"""``ptserve serve|info``: map the command line onto Settings, then run the command (each
-command's module is imported only when it runs: ``serve`` needs torch, the parser does not).
+"""``ptserve serve|info|convert``: map the command line onto Settings, then run the command
+(each command's module is imported only when it runs: ``serve`` needs torch, the parser does
+not).
 
 A new command is one more ``commands.add_parser(...)`` with ``add_settings_options`` in
 ``build_parser`` and one more lazy branch in ``main``."""
@@ -12,6 +13,7 @@ import re
 import sys
 import types
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic import ValidationError
@@ -75,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = args.pop("command")
     if unknown:  # reported by the command's own parser, with its options to suggest from
         _command_parser(parser, command).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if command == "convert":
+        from ptserve.convert import ConversionError
+        from ptserve.convert.command import convert
+
+        try:
+            sys.stdout.write(convert(args["export"], args["out_dir"]))
+        except ConversionError as exc:
+            parser.exit(1, f"ptserve: {exc}\n")
+        return
     as_json = args.pop("json", False)
     load = args.pop("load", False)
     for warning in unknown_environment(os.environ):
@@ -132,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the model, under serve's safety rules, for its parameter count, "
         "outputs and forward arity (without it nothing in the file is unpickled or run)",
     )
+    convert_cmd = commands.add_parser(
+        "convert",
+        help="turn a trusted fastai export into a pickle-free folder that ptserve serves",
+        usage="%(prog)s EXPORT OUT_DIR",
+        description="Load a fastai export (learn.export()) with fastai, in a confined child "
+        "process, and write OUT_DIR: the model as a torch.export program and the learner's "
+        "preprocessing and decoding as data, checked against learn.predict. Serve it with "
+        "'ptserve serve OUT_DIR', without fastai and without unpickling anything. The export "
+        "can run code while it loads: convert only files you trust.",
+        allow_abbrev=False,
+    )
+    convert_cmd.add_argument("export", type=Path, metavar="EXPORT", help="the export.pkl")
+    convert_cmd.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="a new folder")
     for name, command in (("serve", serve_cmd), ("info", info_cmd)):
         groups = setting_groups(command)
         groups["model"].add_argument(

@@ -10,12 +10,19 @@ of ``serve``.
 from dataclasses import dataclass, field
 from inspect import Parameter
 from inspect import signature as python_signature
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from ptserve.errors import ModelLoadError
-from ptserve.loading import FileFacts, inspect_file, load_model, resolve_signature
+from ptserve.loading import (
+    FileFacts,
+    fastai_refusal,
+    inspect_file,
+    load_model,
+    resolve_signature,
+)
 from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
 from ptserve.loading.formats import untrusted
@@ -35,8 +42,11 @@ SAFETY = {
     "unpickler, which imports no Python; code that reads server files is refused",
     "export": "a torch.export program: no pickle unless the archive asks for one (refused); "
     "carries its signature",
-    "fastai": "a fastai Learner (learn.export()): a pickle of the whole object graph; served "
-    "only with --trust-pickle",
+    "fastai": "a fastai Learner export (learn.export()): a full Python pickle that can run code "
+    "when loaded; refused without --trust-pickle. Convert it once to a pickle-free folder: "
+    "ptserve convert FILE OUT_DIR",
+    "converted": "a folder written by ptserve convert: a torch.export program (checked as one) "
+    "and the learner's preprocessing and decoding as JSON; no pickle",
 }
 WEIGHTS_ONLY = ("pickle", "state_dict", "safetensors")  # the first nn.Linear can say the shape
 NO_IMPORTS = "none beyond torch's weights-only types (tensors, dicts, lists)"
@@ -92,18 +102,19 @@ def _read(facts: FileFacts, settings: Settings, described: Description) -> Signa
     """The format's own facts, read as data; raises ModelLoadError where serve would refuse.
     Returns the signature the file carries, if any."""
     path, out = facts.path, described.facts
-    if facts.format in ("pickle", "state_dict", "fastai"):
+    if facts.format == "fastai":  # information only: no verdict, nothing of it is imported
+        out["imports"] = pickle_globals(path)
+        if not settings.trust_pickle:
+            raise ModelLoadError(fastai_refusal(path))
+        return None
+    if facts.format == "converted":
+        return _converted(path, settings, out)
+    if facts.format in ("pickle", "state_dict"):
         trusted = [*settings.trust_modules, *_class_module(settings)]
         names = pickle_globals(path)
         out["imports"] = [
             f"{name} ({'allowed' if is_allowed(name, trusted) else 'refused'})" for name in names
         ] or NO_IMPORTS
-        if facts.format == "fastai" and not settings.trust_pickle:
-            raise ModelLoadError(
-                f"{path}: a fastai export is a pickle of a whole Learner, which can run code "
-                "when unpickled; serve it only if you trust it, with --trust-pickle (or "
-                "convert it with ptserve convert)"
-            )
         if not settings.trust_pickle and any(not is_allowed(n, trusted) for n in names):
             resolve_allowed(names, trusted, str(path))  # raises with serve's own message
     if facts.format in ("state_dict", "safetensors") and settings.model_class is None:
@@ -131,6 +142,27 @@ def _read(facts: FileFacts, settings: Settings, described: Description) -> Signa
     return None
 
 
+def _converted(path: Path, settings: Settings, out: dict[str, Any]) -> Signature:
+    """A folder of ``ptserve convert``: its manifest and its program, read as data."""
+    from ptserve.convert.folder import read_folder
+    from ptserve.loading.export_archive import read_export
+
+    manifest = read_folder(path)
+    out["learner"] = manifest.learner
+    out["converted from"] = f"{manifest.source.file} (fastai {manifest.source.fastai})"
+    if manifest.check is not None:
+        check = manifest.check
+        out["check"] = (
+            f"{check.samples} samples, max difference {check.max_abs_difference:.1e} in "
+            f"{check.compared} (tolerance {check.tolerance:g})"
+        )
+    archive = read_export(path / manifest.model.file)
+    out["parameters"] = archive.parameters
+    if archive.unsafe and not settings.trust_pickle:
+        raise untrusted(path / manifest.model.file, archive.unsafe)
+    return archive.signature()
+
+
 def _signature(
     facts: FileFacts, settings: Settings, carried: Signature | None, described: Description
 ) -> None:
@@ -141,7 +173,7 @@ def _signature(
     except ModelLoadError as exc:
         if facts.format in WEIGHTS_ONLY:
             described.facts["inputs"] = UNKNOWN_UNTIL_LOADED
-        elif facts.format != "fastai":  # a fastai Learner's signature comes from its transforms
+        elif facts.format not in ("fastai", "converted"):  # a learner's: from its preprocessing
             described.refusal = str(exc)
         return
     described.facts["inputs"] = _specs(signature)

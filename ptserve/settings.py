@@ -23,7 +23,9 @@ from pydantic_settings import (
 from ptserve.signature import DType
 
 EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
-ModelFormat = Literal["pickle", "state_dict", "safetensors", "torchscript", "export", "fastai"]
+ModelFormat = Literal[
+    "pickle", "state_dict", "safetensors", "torchscript", "export", "fastai", "converted"
+]
 ENV_PREFIX = "PTSERVE_"
 # The sections of ``--help``, in order; each field names its own with ``group=``.
 Group = Literal[

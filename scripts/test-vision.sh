@@ -27,9 +27,11 @@ pip install --no-deps \
 pip install "matplotlib>=3.8,<4" "requests>=2.31,<3"
 "$venv/bin/python" -c 'import torch, torchvision, fastai.vision.all; print("vision env: torch", torch.__version__, "torchvision", torchvision.__version__)'
 
-# Every fastai test (tabular too: a second torch version), the image tests and the example.
+# Every fastai test (tabular too: a second torch version, whose torch.export differs), the
+# vision conversions, the image tests and the example.
 "$venv/bin/python" -m pytest -q -rs \
   tests/unit/test_fastai.py tests/unit/test_detect.py \
   tests/integration/test_fastai_predict.py tests/integration/test_fastai_vision.py \
-  tests/integration/test_image_predict.py \
+  tests/integration/test_fastai_convert.py tests/integration/test_fastai_convert_vision.py \
+  tests/integration/test_fastai_hostile.py tests/integration/test_image_predict.py \
   "tests/e2e/test_examples.py::test_fastai_vision_example_trains_exports_serves_and_classifies"

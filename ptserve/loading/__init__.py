@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ptserve.convert.manifest import is_converted_folder
 from ptserve.errors import ModelLoadError
 from ptserve.loading.detect import detect_format
 from ptserve.loading.formats import LOADERS
@@ -51,7 +53,16 @@ class LoadedModel:
 
 
 def inspect_file(path: Path, forced: ModelFormat | None = None) -> FileFacts:
-    """Format, size and sha256 of ``path``; raises ModelLoadError for a missing or unknown file."""
+    """Format, size and sha256 of ``path``; raises ModelLoadError for a missing or unknown file.
+    A folder written by ``ptserve convert`` is ``converted`` (sha256: of its manifest)."""
+    if forced in (None, "converted") and is_converted_folder(path):
+        from ptserve.convert.folder import folder_facts
+
+        return FileFacts(path, "converted", *folder_facts(path))
+    if path.is_dir():
+        raise ModelLoadError(
+            f"{path}: a folder, but not one 'ptserve convert' wrote (no valid ptserve.json)"
+        )
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
     digest = hashlib.sha256()
@@ -72,6 +83,10 @@ def load_model(settings: Settings) -> LoadedModel:
     try:
         if facts.format == "fastai":
             model, carried, hooks = _load_fastai(facts.path, settings)
+        elif facts.format == "converted":
+            from ptserve.convert.folder import load_folder
+
+            (model, carried), hooks = load_folder(facts.path, settings)
         else:
             model, carried = LOADERS[facts.format](facts.path, settings)
     except ModelLoadError:
@@ -81,7 +96,7 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"{facts.path}: cannot load as {facts.format}: {cause}") from None
     if isinstance(model, torch.nn.Module):
         model = model.to(device)
-        if facts.format != "export":  # exported graphs are captured in eval mode already
+        if facts.format not in ("export", "converted"):  # exported graphs: eval mode already
             model.eval()
     signature = resolve_signature(settings, model, carried)
     mismatch = check_forward(model, signature)
@@ -94,25 +109,34 @@ def load_model(settings: Settings) -> LoadedModel:
 
 
 def _load_fastai(path: Path, settings: Settings) -> tuple[torch.nn.Module, Signature, "Hooks"]:
-    """A fastai export's model, signature and built-in hooks (imports fastai, lazily)."""
+    """A fastai export's model, signature and built-in hooks, loaded by fastai's own
+    ``load_learner`` (imported lazily) when the operator trusts the file; refused otherwise."""
+    if not settings.trust_pickle:
+        raise ModelLoadError(fastai_refusal(path))
     if importlib.util.find_spec("fastai") is None:
         raise ModelLoadError(
             f"{path}: a fastai export, but fastai is not installed; install the fastai extra "
-            "(see the README)"
+            "(see the README), or convert it where fastai is installed: ptserve convert"
         )
-    from ptserve.learners import learner_parts
-    from ptserve.loading.fastai import load_learner_safely
+    from fastai.learner import load_learner
 
-    if settings.trust_pickle:
-        log.warning("loading %s with --trust-pickle: the file can run any code", path)
-        learn = torch.load(path, weights_only=False, map_location="cpu")
-    else:
-        learn = load_learner_safely(path, [*settings.trust_modules, *_class_module(settings)])
+    from ptserve.learners import learner_parts
+
+    log.warning("loading %s with --trust-pickle: the file can run any code", path)
+    with warnings.catch_warnings():  # fastai's warning says what the line above says
+        warnings.simplefilter("ignore", UserWarning)
+        learn = load_learner(path, cpu=True)
     return learner_parts(learn, str(path), settings)
 
 
-def _class_module(settings: Settings) -> list[str]:
-    return [settings.model_class.partition(":")[0]] if settings.model_class else []
+def fastai_refusal(path: Path) -> str:
+    """Why a fastai export is refused without trust, and the two ways forward, in one line."""
+    return (
+        f"{path}: refusing to load a fastai Learner export: it is a full Python pickle, which "
+        f"can run code when loaded. Convert it once to a pickle-free folder with 'ptserve "
+        f"convert {path} OUT_DIR' and serve that with 'ptserve serve OUT_DIR', or, if you "
+        "trust this file, serve it with --trust-pickle."
+    )
 
 
 def resolve_signature(
