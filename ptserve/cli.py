@@ -1,4 +1,4 @@
-"""``ptserve serve|info``: map the command line onto Settings, then run the command (each
+"""``ptserve serve|info|ray``: map the command line onto Settings, then run the command (each
 command's module is imported only when it runs: ``serve`` needs torch, the parser does not)."""
 
 import argparse
@@ -11,11 +11,18 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ValidationError
 
 from ptserve.errors import ModelLoadError
+from ptserve.integrations.ray_settings import add_ray_arguments
 from ptserve.settings import Settings
 
 FLAGS = {"trust_modules": "--trust-module", "cors_origins": "--cors-origin"}
 REPEATABLE = {"trust_modules", "cors_origins"}
-COMMANDS_WITHOUT = {"info": {"host", "port", "workers"}}
+# The ray table's options belong to the ray command (add_ray_arguments), where Ray's replicas
+# take the place of workers.
+COMMANDS_WITHOUT = {
+    "serve": {"ray"},
+    "info": {"host", "port", "workers", "ray"},
+    "ray": {"workers", "ray"},
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,8 +31,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
     as_json = args.pop("json", False)
+    print_config = args.pop("print_config", False)
     try:
-        settings = Settings(**args)
+        settings = Settings(**_nested(args))
     except ValidationError as exc:
         parser.exit(2, f"ptserve: invalid settings:\n{_settings_errors(exc)}\n")
     except (OSError, ValueError) as exc:  # an unreadable or malformed config file
@@ -39,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.exit(1, f"ptserve: {exc}\n")
         sys.stdout.write(json.dumps(facts, indent=2) if as_json else _text(facts))
         sys.stdout.write("\n")
+    elif command == "ray":
+        from ptserve.integrations.ray_serve import RayCommandError, run
+
+        try:
+            run(settings, print_config=print_config)
+        except RayCommandError as exc:
+            parser.exit(exc.exit_code, f"ptserve: {exc}\n")
     else:
         from ptserve.server import serve
 
@@ -56,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="serve a model (default: the bundled example)")
     info_cmd = commands.add_parser("info", help="describe a model file without running it")
     info_cmd.add_argument("--json", action="store_true", help="print JSON")
-    for name, command in (("serve", serve_cmd), ("info", info_cmd)):
-        nargs = "?" if name == "serve" else None
+    ray_cmd = commands.add_parser("ray", help="serve a model as a Ray Serve application")
+    add_ray_arguments(ray_cmd)
+    for name, command in (("serve", serve_cmd), ("info", info_cmd), ("ray", ray_cmd)):
+        nargs = None if name == "info" else "?"
         command.add_argument(
             "model_path",
             nargs=nargs,
@@ -89,6 +106,18 @@ def add_settings_options(parser: argparse.ArgumentParser, skip: set[str]) -> Non
         elif get_origin(kind) is Literal:
             options["choices"] = get_args(kind)
         parser.add_argument(FLAGS.get(name, "--" + name.replace("_", "-")), dest=name, **options)
+
+
+def _nested(args: dict[str, Any]) -> dict[str, Any]:
+    """``{"ray.num_replicas": 2}`` -> ``{"ray": {"num_replicas": 2}}``: nested tables' options."""
+    nested: dict[str, Any] = {}
+    for key, value in args.items():
+        table, dot, field = key.partition(".")
+        if dot:
+            nested.setdefault(table, {})[field] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -15,6 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ptserve.integrations.ray_settings import RaySettings
 from ptserve.signature import DType
 
 EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
@@ -176,6 +177,10 @@ class Settings(BaseSettings):
     workers: PositiveInt = Field(1, description="Server processes sharing the port.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
+    )
+    ray: RaySettings = Field(
+        default_factory=RaySettings,
+        description="How `ptserve ray` runs the app on Ray Serve: replicas, resources, cluster.",
     )
 
     @field_validator("input_shape")
