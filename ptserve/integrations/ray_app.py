@@ -52,6 +52,7 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
         "max_ongoing_requests": options.max_ongoing_requests or 2 * settings.max_batch_size,
         "ray_actor_options": {"num_cpus": options.replica_cpus, "num_gpus": options.replica_gpus},
         "graceful_shutdown_timeout_s": settings.drain_timeout_s,
+        "logging_config": logging_config(settings),
     }
     if options.autoscaling:
         scaling = {
@@ -65,6 +66,12 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
     elif options.num_replicas is not None:
         found["num_replicas"] = options.num_replicas
     return found
+
+
+def logging_config(settings: Settings) -> dict[str, Any]:
+    """Ray Serve's own logs (its proxy's and replicas' lines) at ptserve's level, and its access
+    log only with ptserve's: Ray's access line per request costs more than a small model."""
+    return {"log_level": settings.log_level.upper(), "enable_access_log": settings.access_log}
 
 
 def replica_settings(settings: Settings) -> dict[str, Any]:
@@ -88,6 +95,7 @@ def serve_config(settings: Settings) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": settings.host, "port": settings.port},
+        "logging_config": logging_config(settings),
         "applications": [
             {
                 "name": APP_NAME,

@@ -77,7 +77,10 @@ def _serve(settings: Settings, ray_app: ModuleType, owns_serve: bool) -> None:
     """Deploy, wait for a signal, then take down what was deployed."""
     from ray import serve
 
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(
+        http_options={"host": settings.host, "port": settings.port},
+        logging_config=ray_app.logging_config(settings),
+    )
     try:
         try:
             serve.run(ray_app.build(settings), name=ray_app.APP_NAME, route_prefix="/")
@@ -87,16 +90,15 @@ def _serve(settings: Settings, ray_app: ModuleType, owns_serve: bool) -> None:
                 "(the replicas' log lines above say why)",
                 NOT_STARTED,
             ) from None
-        replicas = settings.ray.num_replicas or settings.ray.min_replicas or 1
         log.info(
-            "serving %s on Ray Serve at http://%s:%d (%s); Ctrl-C stops",
+            "serving %s on Ray Serve (%s) %s; Ctrl-C stops",
             settings.model_name,
-            settings.host,
-            settings.port,
-            f"{replicas}-{settings.ray.max_replicas} replicas, autoscaling"
-            if settings.ray.autoscaling
-            else f"{replicas} replica(s)",
+            _replicas(settings),
+            f"at http://{settings.host}:{settings.port}"
+            if owns_serve
+            else "on the cluster's Serve proxies",
         )
+        log.info("Ray's own metrics (ray_serve_*, labelled by replica): %s", _metrics_urls())
         while True:
             time.sleep(3600)
     except Stop as stop:
@@ -106,6 +108,24 @@ def _serve(settings: Settings, ray_app: ModuleType, owns_serve: bool) -> None:
             serve.shutdown()  # type: ignore[no-untyped-call]
         else:
             serve.delete(ray_app.APP_NAME)
+
+
+def _replicas(settings: Settings) -> str:
+    ray = settings.ray
+    if ray.autoscaling:
+        least = 1 if ray.min_replicas is None else ray.min_replicas
+        return f"{least} to {ray.max_replicas} replicas, autoscaling"
+    return f"{ray.num_replicas or 1} replica(s)"
+
+
+def _metrics_urls() -> str:
+    """Where each node of the cluster exports Ray's metrics, Serve's included."""
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+    return ", ".join(
+        f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics" for node in nodes
+    )
 
 
 def import_ray_app() -> ModuleType:

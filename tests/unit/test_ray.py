@@ -99,11 +99,12 @@ def test_bad_options_exit_2_with_one_message(
 
 
 def test_deployment_options_follow_ptserve_settings() -> None:
-    options = ray_app.deployment_options(Settings(max_batch_size=8, drain_timeout_s=12))
-    assert options == {
+    settings = Settings(max_batch_size=8, drain_timeout_s=12, access_log=False, log_level="debug")
+    assert ray_app.deployment_options(settings) == {
         "max_ongoing_requests": 16,  # two batches: one in the model, the next one filling
         "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.0},
         "graceful_shutdown_timeout_s": 12,  # Ray kills a stopping replica no sooner
+        "logging_config": {"log_level": "DEBUG", "enable_access_log": False},
     }
     fixed = ray_app.deployment_options(Settings(ray={"num_replicas": 3, "replica_cpus": 2}))
     assert fixed["num_replicas"] == 3

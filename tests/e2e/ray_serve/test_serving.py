@@ -5,6 +5,8 @@ The model is the safetensors TinyNet with ``--model-class tests.nets:TinyNet``: 
 imports the caller's own module and reads the file by an absolute path.
 """
 
+import time
+
 import httpx
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from tests.artefacts import Artefact
 from tests.e2e.ray_serve.conftest import RayCluster
 
 NAME = "tiny"
+HANG_GUARD_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,34 @@ def test_metrics_through_the_proxy_are_one_replicas(
     replicas = [line for line in text.splitlines() if line.startswith("ptserve_ray_replica{")]
     assert len(replicas) == 1, replicas
     assert 'application="ptserve",deployment="ptserve",replica="' in replicas[0]
+
+
+def test_ray_metrics_count_each_replicas_requests(ray_cluster: RayCluster, tiny: Artefact) -> None:
+    """Ray's own metrics, on each node's metrics port, label Serve's counters by replica: the
+    same replica id as ptserve's ptserve_ray_replica."""
+    import ray
+
+    (node,) = ray.nodes()
+    url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+    with ray_cluster.client() as http:
+        http.post("/predict", json={"instances": tiny.inputs[:1].tolist()})
+        ours = [
+            line
+            for line in http.get("/metrics").text.splitlines()
+            if "ptserve_ray_replica{" in line
+        ]
+    replica = ours[0].split('replica="')[1].split('"')[0]
+    wanted = (
+        "ray_serve_deployment_request_counter_total{",
+        f'replica="{replica}"',
+        'route="/predict"',
+    )
+    deadline = time.monotonic() + HANG_GUARD_S  # Ray exports its metrics every few seconds
+    while not any(
+        all(part in line for part in wanted) for line in httpx.get(url).text.splitlines()
+    ):
+        assert time.monotonic() < deadline, f"no request counter of replica {replica} at {url}"
+        time.sleep(0.5)
 
 
 def test_errors_keep_their_status_body_and_one_request_id(
