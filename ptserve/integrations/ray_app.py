@@ -70,7 +70,7 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
 
 def logging_config(settings: Settings) -> dict[str, Any]:
     """Ray Serve's own logs (its proxy's and replicas' lines) at ptserve's level, and its access
-    log only with ptserve's: Ray's access line per request costs more than a small model."""
+    log (a line per request from the proxy and one from the replica) only with ptserve's."""
     return {"log_level": settings.log_level.upper(), "enable_access_log": settings.access_log}
 
 
