@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 import yaml
-from prometheus_client import Gauge
+from prometheus_client import CollectorRegistry, Gauge
 from ray import serve
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
@@ -152,7 +152,7 @@ class _Replica:
             "ptserve_ray_replica",
             "The Ray Serve replica that answered (value 1)",
             ["application", "deployment", "replica"],
-            registry=runtime(app).metrics.registry,
+            registry=registry(runtime(app)),
         )
         replica.labels(context.app_name, context.deployment, context.replica_id.unique_id).set(1)
         self._ptserve = app
@@ -212,6 +212,11 @@ class OneRequestId:
 def runtime(app: ASGIApp) -> Runtime:
     found: Runtime = app.state.runtime  # type: ignore[attr-defined]
     return found
+
+
+def registry(state: Runtime) -> CollectorRegistry:
+    """The app's Prometheus registry (what its /metrics renders)."""
+    return state.metrics.registry
 
 
 def health_problem(state: Runtime) -> str | None:

@@ -1,13 +1,17 @@
-"""One local Ray cluster for all the Ray Serve tests of the session (Ray takes seconds to start).
+"""One local Ray cluster for all the Ray Serve tests (Ray takes seconds to start).
 
 2 CPUs, no dashboard, loopback only, its files in a fresh directory under the system temp dir;
-the Serve proxy on a free loopback port. At the end Serve and Ray are shut down and every
-process the cluster started must be gone.
+the Serve proxy on a free loopback port. It lives in the test process as the cluster's driver
+for the tests of this package only: at their end Serve and Ray are shut down, every process
+the cluster started must be gone, and what Ray changed in the test process (signal handlers,
+``print``) must be as before, so that the rest of the suite runs as without Ray.
 """
 
+import builtins
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,11 +26,14 @@ from ptserve.settings import Settings
 from tests.e2e.conftest import free_port
 from tests.e2e.ray_serve import processes
 
-# Before Ray is first imported (its constants read the environment at import time).
+# Before Ray is first imported (its constants read the environment at import time). A driver
+# that forwards its workers' logs also replaces builtins.print unless told not to (fastai then
+# pickled Ray's print into a Learner exported later in the session).
 for _name, _value in {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_TQDM_PATCH_PRINT": "0",
 }.items():
     os.environ.setdefault(_name, _value)
 pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'ptserve[ray]'")
@@ -96,10 +103,13 @@ class RayCluster:
         return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[RayCluster]:
     import ray
     from ray import serve
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    original_print = builtins.print
 
     # Short: Ray's Unix socket paths live under it and must fit in 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="ptr-", dir=tempfile.gettempdir()))
@@ -133,8 +143,11 @@ def ray_cluster() -> Iterator[RayCluster]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        for sig, handler in handlers.items():  # ray.init installs a SIGTERM handler of its own
+            signal.signal(sig, handler)
         left = processes.wait_gone(started, STOP_TIMEOUT_S)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, (
             f"Ray processes left running: {[processes.command_line(p) for p, _ in left]}"
         )
+        assert builtins.print is original_print
