@@ -1,4 +1,10 @@
-"""create_app(settings) -> FastAPI. The lifespan loads the model once, warms it up, then serves."""
+"""create_app(settings) -> the app. The lifespan loads the model once, warms it up, then serves.
+
+The app is a FastAPI subclass whose outermost layer is ptserve's gateway (``ptserve.gateway``):
+every HTTP request passes it once; inference routes are served there, everything else goes on
+to FastAPI, whose own error middleware is left out so that every error, expected or not, is
+rendered by the gateway inside the request's context.
+"""
 
 import asyncio
 import contextlib
@@ -11,32 +17,67 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
 import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptserve.drain import install_drain
-from ptserve.errors import InvalidInput, ModelLoadError, ServeError
-from ptserve.middleware import ApiKeys, BodyLimit, RequestContext
+from ptserve.errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    ModelLoadError,
+    NotFound,
+    RawHeaders,
+    ServeError,
+)
+from ptserve.gateway import ERROR_CODE, Gateway, RouteTable
+from ptserve.observability.access import AccessLog
 from ptserve.observability.logs import setup_logging
 from ptserve.observability.metrics import mark_worker_dead
 from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, page, simple
-from ptserve.protocols.common import HotPath
 from ptserve.runtime import Runtime
 from ptserve.security import KeyStore, open_paths
 from ptserve.service import InferenceService
 from ptserve.settings import Settings
+from ptserve.threads import available_cores
 
 log = logging.getLogger("ptserve")
 WORKER_SETTINGS_ENV = "_PTSERVE_WORKER_SETTINGS"
 
 
-def create_app(settings: Settings) -> FastAPI:
+class PtserveApp(FastAPI):
+    """FastAPI with ptserve's gateway in front (see the module docstring)."""
+
+    entry: ASGIApp  # the gateway, or CORS around it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.entry(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await super().__call__(scope, receive, _short_load_errors(send))
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def serve_inner(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's routing, for what the gateway does not serve itself."""
+        await super().__call__(scope, receive, send)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # Only FastAPI's exception handlers and its exit stack around the router: the gateway
+        # is the outermost layer, and an unexpected exception propagates to it.
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        return ExceptionMiddleware(
+            AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug
+        )
+
+
+def create_app(settings: Settings) -> PtserveApp:
     """Build the app; nothing is loaded until the lifespan starts."""
     runtime = Runtime(settings, tracing=Tracing() if settings.tracing else None)
     keys = KeyStore(settings.api_key_file) if settings.api_key_file is not None else None
@@ -45,7 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level, settings.log_format)
         configure_threads(settings)
-        service = runtime.service = InferenceService.start(settings, runtime.metrics)
+        service = InferenceService.start(settings, runtime.metrics)
+        runtime.models.add(service)
         runtime.loads += 1
         # Everything alive now (torch, the model, the app) lives as long as the process: move it
         # out of the collector's sight. Without this, full collections over those objects took
@@ -53,6 +95,8 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         service.start_batching()
+        if settings.access_log:
+            runtime.access_log = AccessLog(settings.log_format)
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
@@ -61,12 +105,15 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             runtime.ready = False
-            await service.stop()
+            for served in runtime.models.all():
+                await served.service.stop(settings.drain_timeout_s)
             restore_signals()
+            if runtime.access_log is not None:
+                runtime.access_log.close()
             mark_worker_dead()
             gc.unfreeze()  # an app in a longer-lived process (tests) leaves nothing pinned
 
-    app = FastAPI(
+    app = PtserveApp(
         title="ptserve",
         summary=f"Serving model {settings.model_name!r}",
         lifespan=lifespan,
@@ -77,37 +124,32 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
-    app.state.hot_routes = []
     app.add_exception_handler(ServeError, _serve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(HotPath, routes=app.state.hot_routes)  # innermost: added first
-    app.add_middleware(LoadErrorMessages)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    if keys is not None:
-        app.add_middleware(ApiKeys, keys=keys, open_prefixes=open_paths(settings))
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"],
-        )  # fmt: skip
-    app.add_middleware(RequestContext, runtime=runtime)
+    routes = RouteTable()
+    for route in [*simple.routes(runtime), *oip_v2.routes(runtime)]:
+        routes.add(route)
     app.include_router(health.router)
     simple.install(app)
     oip_v2.install(app)
-    docs.install(app, runtime)
+    docs.install(app, runtime, routes)
     page.install(app)
+    gateway = Gateway(app.serve_inner, runtime, routes, keys, open_paths(settings))
+    app.entry = gateway
+    if settings.cors_origins:
+        app.entry = CORSMiddleware(
+            gateway, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"],
+        )  # fmt: skip
     return app
 
 
 def configure_threads(settings: Settings) -> None:
-    """Torch intra-op threads: by default cores / workers - 1 (at least 1), so that N workers,
-    each with an event loop thread besides its model's threads, do not over-subscribe the
-    cores (measured: two intra-op threads on 2 cores cut a small model's throughput by ~20%
-    and a conv net's by ~10%, see bench/)."""
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers - 1)
-    torch.set_num_threads(threads)
+    """Torch intra-op threads until warm-up chooses: cores / workers - 1 (at least 1), so that
+    N workers, each with an event loop thread besides its model's threads, do not
+    over-subscribe the cores; one inter-op thread (ptserve runs batches on its own threads)."""
+    torch.set_num_threads(settings.torch_threads or max(1, available_cores(settings.workers) - 1))
     with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
         torch.set_num_interop_threads(1)
 
@@ -119,6 +161,7 @@ def app_from_environment() -> FastAPI:
 
 async def _serve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServeError)
+    request.scope[ERROR_CODE] = exc.code
     return exc.response()
 
 
@@ -126,47 +169,45 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return InvalidInput(f"{where}: {first['msg']}").response()
+    return await _serve_error(request, InvalidInput(f"{where}: {first['msg']}"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    body = {"error": message, "code": codes.get(exc.status_code, "http_error")}
-    return Response(
-        orjson.dumps(body),
-        status_code=exc.status_code,
-        headers=exc.headers,
-        media_type="application/json",
-    )
+    error: ServeError
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(message, [m.strip() for m in allowed.split(",") if m.strip()])
+    elif exc.status_code == 404:
+        error = NotFound(message)
+    else:
+        error = HttpStatusError(message, exc.status_code)
+    return await _serve_error(request, error)
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = {"error": "internal server error; the server log has details", "code": "internal_error"}
-    return Response(orjson.dumps(body), status_code=500, media_type="application/json")
+class HttpStatusError(ServeError):
+    """Another HTTP error FastAPI or Starlette raised, with its own status."""
+
+    code = "http_error"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def render(self) -> tuple[int, RawHeaders, bytes]:
+        _, headers, body = super().render()
+        return self.status, headers, body
 
 
-class LoadErrorMessages:
-    """Turns a model that cannot load into one clear log line instead of a traceback.
+def _short_load_errors(send: Send) -> Send:
+    """Starlette reports a failed lifespan with the formatted traceback as the message, which
+    uvicorn logs; for a ModelLoadError the message becomes the error's own line."""
 
-    Starlette reports a failed lifespan with the formatted traceback as the message, which
-    uvicorn logs; for a ModelLoadError the message is replaced by the error's own line.
-    """
+    async def send_short(message: Message) -> None:
+        error = sys.exc_info()[1]
+        if message["type"] == "lifespan.startup.failed" and isinstance(error, ModelLoadError):
+            message = {**message, "message": f"ptserve: cannot serve the model: {error}"}
+        await send(message)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_short(message: Message) -> None:
-            error = sys.exc_info()[1]
-            if message["type"] == "lifespan.startup.failed" and isinstance(error, ModelLoadError):
-                message = {**message, "message": f"ptserve: cannot serve the model: {error}"}
-            await send(message)
-
-        await self.app(scope, receive, send_short)
+    return send_short

@@ -10,16 +10,17 @@ with nothing else waiting a request is dispatched at once.
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ptserve.errors import DeadlineExceeded, ModelFailure, Overloaded
+from ptserve.errors import DeadlineExceeded, ModelFailure, NotReady, Overloaded
 from ptserve.observability import context
 from ptserve.observability.context import Timing
 
@@ -65,6 +66,7 @@ class Item:
     enqueued: float
     timing: Timing | None = None
     running: bool = False
+    request_id: str | None = field(default_factory=context.request_id.get)
 
     @property
     def size(self) -> int:
@@ -87,7 +89,12 @@ class BatchStats:
 
 
 class Batcher:
-    """Queues validated requests and runs them through ``forward`` in batches."""
+    """Queues validated requests and runs them through ``forward`` in batches.
+
+    Deadlines have one mechanism: ``expire_due()`` drops queued work whose deadline has passed
+    by ``clock``; one timer per batcher calls it at the earliest deadline, and the loop applies
+    the same rule when it takes a batch (tests drive it with a fake clock).
+    """
 
     def __init__(
         self,
@@ -110,11 +117,22 @@ class Batcher:
         self.arriving = 0
         self.running = 0
         self.concurrency = concurrency
+        self.stats = BatchStats()
         self._slots = asyncio.Semaphore(concurrency)  # batches in the model at once
         self._batches: set[asyncio.Task[None]] = set()
-        self.stats = BatchStats()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._deadlines: list[tuple[float, int, Item]] = []  # a heap: earliest first
+        self._sequence = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._task: asyncio.Task[None] | None = None
+
+    def concurrency_to(self, batches: int) -> None:
+        """Let ``batches`` batches be in the model at once (before ``start``)."""
+        self.concurrency = batches
+        self._slots = asyncio.Semaphore(batches)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="ptserve-batcher")
@@ -133,11 +151,17 @@ class Batcher:
         log.critical("the batch loop stopped", exc_info=task.exception())
         self._drop(list(self.queue), ModelFailure("the server's batch loop stopped"))
 
-    async def stop(self) -> None:
-        """Finish what is queued, then stop the loop."""
-        while self.queue or self._batches:
-            self._wake.set()
-            await asyncio.sleep(0.001)
+    async def stop(self, timeout: float = float("inf")) -> None:
+        """Finish what is queued and running (up to ``timeout`` seconds), then stop the loop;
+        what is left then fails with 503."""
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), None if timeout == float("inf") else timeout)
+        if not self._idle.is_set():
+            log.warning("stopping with %d samples still queued", self.queued_samples)
+            self._drop(list(self.queue), NotReady("the server stopped before this request ran"))
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -146,14 +170,28 @@ class Batcher:
         """Whether any accepted work is arriving, queued or running."""
         return bool(self.arriving or self.queue or self.running)
 
+    def full(self) -> bool:
+        """Whether the queue has no room for another sample."""
+        return self.queued_samples >= self.max_queue
+
     def will_wait(self) -> bool:
-        """Whether new work would wait behind a batch already in the model (so a client could
+        """Whether new work would wait behind batches already in the model (so a client could
         leave before its turn); on an idle model it starts within this loop iteration."""
         return self.running >= self.concurrency
 
     def arrival(self) -> "Arrival":
-        """Context manager marking a request as on its way (received, not yet queued)."""
+        """Context manager marking a request as on its way (received, not yet queued): see
+        BatchPolicy."""
         return Arrival(self)
+
+    def arrive(self) -> None:
+        """A request is on its way: received, its body not yet read and decoded."""
+        self.arriving += 1
+
+    def arrived(self) -> None:
+        """That request was queued, or failed before: look again at what is queued."""
+        self.arriving -= 1
+        self._wake.set()
 
     async def submit(self, arrays: Arrays, timeout: float) -> Arrays:
         """Queue ``arrays`` (batched, one per input) and wait for the model's outputs.
@@ -172,17 +210,21 @@ class Batcher:
         loop = asyncio.get_running_loop()
         step = self.policy.max_batch_size
         timing = context.timing.get()
+        deadline = now + timeout
         items = [
-            Item(
-                [a[i : i + step] for a in arrays], now + timeout, loop.create_future(), now, timing
-            )
+            Item([a[i : i + step] for a in arrays], deadline, loop.create_future(), now, timing)
             for i in range(0, size, step)
         ]
         self.queue.extend(items)
         self.queued_samples += size
+        self._idle.clear()
+        self._prune()
+        for item in items:
+            self._sequence += 1
+            heapq.heappush(self._deadlines, (deadline, self._sequence, item))
+        self._arm_timer()
         self._report_queue()
         self._wake.set()
-        expiry = loop.call_later(timeout, self._expire, items, timeout)
         try:
             if len(items) == 1:
                 return await items[0].future
@@ -190,14 +232,44 @@ class Batcher:
         except asyncio.CancelledError:  # the client went away: its queued work is dropped
             self._drop(items)
             raise
-        finally:
-            expiry.cancel()
         return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
-    def _expire(self, items: Sequence[Item], timeout: float) -> None:
-        """The request's deadline passed: drop it unless its work has started."""
-        if not any(item.running for item in items):
-            self._drop(items, DeadlineExceeded(f"the request waited over {timeout * 1000:.0f} ms"))
+    def expire_due(self) -> None:
+        """Fail queued work whose deadline has passed (504); work already running finishes."""
+        now = self.clock()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, item = heapq.heappop(heap)
+            if not (item.running or item.future.done()):
+                waited = now - item.enqueued
+                self._drop([item], DeadlineExceeded(f"the request waited {waited * 1000:.0f} ms"))
+        self._prune()
+        self._arm_timer()
+
+    def _prune(self) -> None:
+        """Forget the earliest deadlines of work that started or ended (cheap: the oldest
+        work usually runs first, so finished entries gather at the top of the heap)."""
+        heap = self._deadlines
+        while heap and (heap[0][2].running or heap[0][2].future.done()):
+            heapq.heappop(heap)
+
+    def _arm_timer(self) -> None:
+        """One timer, at the earliest pending deadline (or earlier: it then re-arms)."""
+        if not self._deadlines:
+            return
+        at = self._deadlines[0][0]
+        if self._timer is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        delay = max(0.0, at - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self.expire_due()
 
     def _drop(self, items: Sequence[Item], error: Exception | None = None) -> None:
         for item in items:
@@ -212,6 +284,11 @@ class Batcher:
             else:
                 item.future.set_exception(error)
         self._report_queue()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not (self.queue or self.running or self._batches):
+            self._idle.set()
 
     def _report_queue(self) -> None:
         if self.observer is not None:
@@ -235,19 +312,28 @@ class Batcher:
             batch = self._take()
             if not batch:
                 self._slots.release()
+                self._check_idle()
                 continue
+            self.running += 1
             task = asyncio.get_running_loop().create_task(self._run_in_slot(batch))
             self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: "asyncio.Task[None]") -> None:
+        self._batches.discard(task)
+        self._check_idle()
 
     async def _run_in_slot(self, batch: list[Item]) -> None:
+        """One slot, counted once, however many forward passes the batch takes."""
         try:
             await self._run(batch)
         finally:
+            self.running -= 1
             self._slots.release()
 
     def _take(self) -> list[Item]:
-        """Pop the next batch: items of the oldest item's shape, up to max_batch_size samples."""
+        """Pop the next batch: items of the oldest item's shape, up to max_batch_size samples;
+        expired items on the way are failed (504), as ``expire_due`` does."""
         now = self.clock()
         batch: list[Item] = []
         total = 0
@@ -258,8 +344,9 @@ class Batcher:
                 self.queued_samples -= item.size
                 self.stats.expired += 1
                 if not item.future.done():
+                    waited = now - item.enqueued
                     item.future.set_exception(
-                        DeadlineExceeded("the request's deadline passed in the queue")
+                        DeadlineExceeded(f"the request waited {waited * 1000:.0f} ms")
                     )
                 continue
             fits = not batch or (
@@ -280,11 +367,11 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[Item]) -> None:
+        """Run a batch; if it fails, run its items one by one so that only the bad ones fail."""
         size = sum(item.size for item in batch)
         self.stats.batches += 1
         self.stats.samples += size
         self.stats.largest = max(self.stats.largest, size)
-        self.running += 1
         started = self.clock()
         wall_started = time.time_ns()
         try:
@@ -298,15 +385,18 @@ class Batcher:
                 raise ValueError(f"the model returned {rows} rows for a batch of {size}")
         except Exception:
             if len(batch) == 1:
+                token = context.request_id.set(batch[0].request_id)  # the log line's id
                 log.exception("the model failed on a batch of %d", size)
+                context.request_id.reset(token)
                 _fail(batch[0])
                 return
-            log.warning("a batch of %d items failed; re-running them one by one", len(batch))
+            log.warning(
+                "a batch of %d items failed (requests %s); re-running them one by one",
+                len(batch), _request_ids(batch),
+            )  # fmt: skip
             for item in batch:
                 await self._run([item])
             return
-        finally:
-            self.running -= 1
         seconds = self.clock() - started
         if self.observer is not None:
             waits = [started - item.enqueued for item in batch for _ in range(item.size)]
@@ -331,15 +421,20 @@ def _fail(item: Item) -> None:
         )
 
 
+def _request_ids(batch: Sequence[Item]) -> str:
+    return ", ".join(item.request_id or "-" for item in batch)
+
+
 class Arrival:
-    """Counts a request between its arrival and its submission (see BatchPolicy)."""
+    """``with batcher.arrival():`` around reading and decoding a request."""
+
+    __slots__ = ("batcher",)
 
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
 
     def __enter__(self) -> None:
-        self.batcher.arriving += 1
+        self.batcher.arrive()
 
     def __exit__(self, *exc: object) -> None:
-        self.batcher.arriving -= 1
-        self.batcher._wake.set()
+        self.batcher.arrived()

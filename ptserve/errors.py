@@ -1,6 +1,6 @@
 """The ServeError hierarchy: every failure a client or operator can see has a status and a code.
 
-Routes raise these; one handler (``ptserve.app``) renders them as
+Routes raise these; one function (``ServeError.render``) turns each into its response:
 ``{"error": message, "code": code, "detail": [...]}``.
 """
 
@@ -8,6 +8,9 @@ from typing import Any, ClassVar
 
 import orjson
 from starlette.responses import Response
+
+RawHeaders = list[tuple[bytes, bytes]]
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 class ServeError(Exception):
@@ -34,14 +37,19 @@ class ServeError(Exception):
             body["detail"] = self.detail
         return body
 
+    def render(self) -> tuple[int, RawHeaders, bytes]:
+        """The one way an error becomes an HTTP response: status, raw headers and body."""
+        headers = [JSON_TYPE]
+        if self.headers:
+            headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        return self.status_code, headers, orjson.dumps(self.body())
+
     def response(self) -> Response:
-        """The one way an error becomes an HTTP response."""
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status_code,
-            headers=self.headers,
-            media_type="application/json",
-        )
+        """``render()`` as a Starlette response, for FastAPI's exception handlers."""
+        status, headers, body = self.render()
+        response = Response(body, status_code=status)
+        response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
+        return response
 
 
 class InvalidJSON(ServeError):
@@ -87,6 +95,31 @@ class InvalidInput(ServeError):
 class UnsupportedMediaType(ServeError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class NotFound(ServeError):
+    """No route at this path."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServeError):
+    status_code = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message, headers={"Allow": ", ".join(allowed)})
+
+
+class InternalError(ServeError):
+    """Anything unexpected; the traceback goes to the log with the request id, never here."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal server error; the server log has details")
 
 
 class ModelNotFound(ServeError):

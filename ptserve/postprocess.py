@@ -83,36 +83,55 @@ class Postprocessor:
         if top_k is not None and self.labels is None:
             raise InvalidInput("top_k: this model has no class labels")
 
-    def __call__(self, outputs: list[np.ndarray[Any, Any]], top_k: int | None) -> list[Any]:
-        if self.labels is not None:
-            return self._labelled(outputs[0], top_k or self.top_k)
-        if len(outputs) == 1:
-            return list(outputs[0])
-        return [dict(zip(self.names, row, strict=True)) for row in zip(*outputs, strict=True)]
+    def scores(self, outputs: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        """What labelled predictions need, for a whole batch at once (vectorised, on the
+        inference thread): label scores, the best label's index, and whether a row is finite.
+        Nothing for a model without labels."""
+        if self.labels is None:
+            return []
+        logits = outputs[0]
+        probs = activate(logits, self.activation)
+        return [probs, probs.argmax(axis=-1), np.isfinite(logits).all(axis=-1)]
 
-    def _labelled(self, logits: np.ndarray[Any, Any], top_k: int | None) -> list[Any]:
-        assert self.labels is not None
-        if not np.isfinite(logits).all():  # a label picked from NaN scores would be made up
-            i = int(np.argmin(np.isfinite(logits).all(axis=-1)))
+    def __call__(self, outputs: list[np.ndarray[Any, Any]], top_k: int | None) -> list[Any]:
+        """One prediction per sample. ``outputs``: the model's, optionally followed by what
+        ``scores`` computed for them."""
+        count = len(self.names)
+        if self.labels is not None:
+            probs, best, finite = outputs[count:] or self.scores(outputs[:count])
+            return self._labelled(outputs[0], probs, best, finite, top_k or self.top_k)
+        if count == 1:
+            return list(outputs[0])
+        return [
+            dict(zip(self.names, row, strict=True)) for row in zip(*outputs[:count], strict=True)
+        ]
+
+    def _labelled(
+        self,
+        logits: np.ndarray[Any, Any],
+        probs: np.ndarray[Any, Any],
+        best: np.ndarray[Any, Any],
+        finite: np.ndarray[Any, Any],
+        top_k: int | None,
+    ) -> list[Any]:
+        labels = self.labels
+        assert labels is not None
+        if not finite.all():  # a label picked from NaN scores would be made up
+            i = int(np.argmin(finite))
             raise InvalidInput(
                 f"instances[{i}]: the model's output for this input is not finite (NaN or "
                 "Infinity); the input is outside the range the model computes on"
             )
-        probs = activate(logits, self.activation)
-        best = probs.argmax(axis=-1)
         predictions: list[Any] = []
-        for i, row in enumerate(probs):
-            prediction: dict[str, Any] = {
-                "label": self.labels[best[i]],
-                "score": row[best[i]],
-                "output": logits[i],
-            }
+        for i, b in enumerate(best.tolist()):
+            row = probs[i]
+            prediction: dict[str, Any] = {"label": labels[b], "score": row[b], "output": logits[i]}
             if top_k:
                 order = np.argsort(-row, kind="stable")[:top_k]
-                prediction["top_k"] = [{"label": self.labels[j], "score": row[j]} for j in order]
+                prediction["top_k"] = [{"label": labels[j], "score": row[j]} for j in order]
             if self.threshold is not None:
                 prediction["labels"] = [
-                    label for label, score in zip(self.labels, row, strict=True)
+                    label for label, score in zip(labels, row.tolist(), strict=True)
                     if score >= self.threshold
                 ]  # fmt: skip
             predictions.append(prediction)

@@ -1,9 +1,10 @@
-"""Runs the model: one dedicated inference thread, ``torch.inference_mode``, numpy in and out."""
+"""Runs the model: on its inference thread(s) or inline, ``torch.inference_mode``, numpy in and
+out."""
 
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -11,23 +12,31 @@ import torch
 from ptserve.errors import ModelLoadError
 from ptserve.signature import TORCH_DTYPES, Signature, spec_from_tensor
 
+if TYPE_CHECKING:
+    from ptserve.threads import ThreadPlan
+
 Arrays = list[np.ndarray[Any, Any]]
 NUMPY_UNSAFE = (torch.bfloat16, torch.float16)
 
 
 class Runner:
-    """Calls the model on batches; every call runs on the same inference thread."""
+    """Calls the model on batches, on its inference threads (or inline on the event loop)."""
 
-    def __init__(
-        self, model: Callable[..., Any], device: str, signature: Signature, threads: int = 1
-    ) -> None:
+    def __init__(self, model: Callable[..., Any], device: str, signature: Signature) -> None:
         self.model = model
         self.device = torch.device(device)
         self.dtypes = [TORCH_DTYPES[spec.dtype] for spec in signature.inputs]
         self.output_names: list[str] = []
         # A model whose largest batch takes less than a thread hop runs on the event loop.
         self.inline = False
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="ptserve-infer")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ptserve-infer")
+
+    def use(self, plan: "ThreadPlan") -> None:
+        """Run as ``plan`` says: inline, or on that many inference threads (before serving)."""
+        torch.set_num_threads(plan.torch_threads)
+        self.inline = plan.execution == "inline"
+        self._executor.shutdown(wait=True)
+        self._executor = ThreadPoolExecutor(plan.inference, thread_name_prefix="ptserve-infer")
 
     def forward(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Arrays:
         """One forward pass on a batch (blocking); one array per output, batch first."""

@@ -2,44 +2,50 @@
 
 from dataclasses import dataclass, field
 
-from ptserve.errors import ModelNotFound, NotReady
+from ptserve.errors import NotReady
+from ptserve.observability.access import AccessLog
 from ptserve.observability.metrics import Metrics
 from ptserve.observability.tracing import Tracing
-from ptserve.service import InferenceService
+from ptserve.registry import Registry, Served
 from ptserve.settings import Settings
 
 
 @dataclass
 class Runtime:
-    """Settings, metrics and (once the lifespan has loaded it) the model's service."""
+    """Settings, metrics, and (once the lifespan has loaded them) the served models."""
 
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
-    service: InferenceService | None = None
+    models: Registry = field(default_factory=Registry)
     ready: bool = False
     draining: bool = False
     loads: int = 0
     tracing: Tracing | None = None
+    access_log: AccessLog | None = None
 
-    def serving(self, name: str | None = None) -> InferenceService:
-        """The service (named ``name``, when given); 503 while loading or draining, 404 for an
-        unknown name."""
-        if self.draining:
-            raise NotReady("the server is shutting down; retry on another instance")
-        if self.service is None or not self.ready:
+    def serving(self, name: str | None = None, version: str | None = None) -> Served:
+        """The model named ``name`` (the default model when None) at ``version`` (its
+        serving version when None): 503 before the models are loaded, 404 for an unknown name
+        or version. Draining does not refuse: requests that still arrive are served."""
+        if not self.ready:
             raise NotReady("the model is not ready; try again shortly")
-        if name is not None and name != self.service.name:
-            raise ModelNotFound(
-                f"no model named {name!r}; this server serves {self.service.name!r}"
-            )
-        return self.service
+        return self.models.get(name, version)
+
+    def check_ready(self) -> None:
+        """503 while loading, draining (so load balancers stop sending), or broken."""
+        if self.draining:
+            raise NotReady("the server is shutting down; send new requests elsewhere")
+        if not self.ready:
+            raise NotReady("the model is not ready; try again shortly")
+        self.check_live()
 
     def check_live(self) -> None:
-        """503 when the batch loop has crashed: the process cannot make progress, and a restart
+        """503 when a batch loop has crashed: the process cannot make progress, and a restart
         is the cure (what orchestrators do on a failed liveness probe)."""
-        if self.service is not None and self.service.batcher.crashed:
-            raise NotReady("the batch loop stopped; restart this instance")
+        for served in self.models.all():
+            if served.service.batcher.crashed:
+                raise NotReady("the batch loop stopped; restart this instance")
 
     def busy(self) -> bool:
         """Whether accepted work is still arriving, queued or running."""
-        return self.service is not None and self.service.batcher.busy()
+        return any(served.service.batcher.busy() for served in self.models.all())

@@ -1,33 +1,41 @@
-"""InferenceService: one model's signature, runner and post-processing, under every protocol."""
+"""InferenceService: one loaded model version, protocol-neutral — arrays in, arrays out.
 
+It owns what every protocol shares: the model's preprocessing (images, hooks, fastai
+transforms), admission and the batcher with its deadlines, the post-processing into
+predictions (labels, hooks), metadata, and the per-model metrics. Wire formats live in the
+codecs (``ptserve/protocols``).
+"""
+
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
+from anyio import to_thread
 
-from ptserve.batching import Arrival, Batcher, BatchObserver, BatchPolicy
-from ptserve.errors import HookFailure, ModelLoadError, UnsupportedMediaType
+from ptserve.batching import Batcher, BatchPolicy
+from ptserve.errors import InvalidInput, ModelLoadError, Overloaded
 from ptserve.hooks import Hooks, load_hooks, run_postprocess, run_preprocess
-from ptserve.images import image_spec, to_batch
+from ptserve.images import ImageSpec, image_spec, to_sample
 from ptserve.loading import FileFacts, load_model
-from ptserve.observability.metrics import Metrics
+from ptserve.observability.metrics import Metrics, ModelMetrics
+from ptserve.pipeline import Arrays, ModelInput
 from ptserve.postprocess import Postprocessor, find_labels, read_labels
 from ptserve.runner import Runner
 from ptserve.settings import Settings
 from ptserve.signature import Signature
-from ptserve.validation import Decoded, RequestDecoder
+from ptserve.threads import ThreadPlan, choose_threads
+from ptserve.validation import Translator
 
 log = logging.getLogger("ptserve")
-WARMUP_PASSES = 2
-INLINE_BELOW_S = 0.001
 
 
 class InferenceService:
-    """The protocol-neutral core: validated inputs in, predictions out."""
+    """One model version: its signature, runner, batcher and post-processing."""
 
     def __init__(
         self,
@@ -37,10 +45,12 @@ class InferenceService:
         runner: Runner,
         signature: Signature,
         labels: list[str] | None,
-        observer: BatchObserver | None = None,
+        metrics: ModelMetrics,
         hooks: Hooks | None = None,
+        version: str = "1",
     ) -> None:
         self.name = settings.model_name
+        self.version = version
         self.settings = settings
         self.facts = facts
         self.parameters = parameters
@@ -48,51 +58,55 @@ class InferenceService:
         self.signature = signature
         self.labels = labels
         self.hooks = hooks
+        self.metrics = metrics
         self.preprocess_hook = hooks.preprocess if hooks is not None else None
         self.postprocess_hook = hooks.postprocess if hooks is not None else None
-        raw = self.preprocess_hook is not None  # the hook turns instances into inputs
-        self.images = None if raw else image_spec(signature, settings)
-        self.decoder = RequestDecoder(
-            signature, settings.max_instances, settings.allow_nan,
-            images=self.images, raw=raw,
-            example=hooks.example if hooks is not None else None,
-        )  # fmt: skip
-        self.postprocess = Postprocessor(
+        self.images: ImageSpec | None = None
+        if self.preprocess_hook is None:  # a hook turns instances into inputs itself
+            self.images = image_spec(signature, settings)
+        self.translate = Translator(signature, settings.max_instances)
+        self.postprocessor = Postprocessor(
             signature, labels, settings.top_k, settings.output_activation, settings.threshold
         )
-        # What a request needs besides the model (images, hooks) is CPU work for a worker
-        # thread; plain JSON for a model without either is decoded on the event loop.
-        self.decode_off_loop = self.images is not None or raw
-        self.encode_off_loop = self.postprocess_hook is not None
+        # Images and hooks are CPU work for a worker thread; validated arrays need none.
+        self.prepare_off_loop = self.images is not None or self.preprocess_hook is not None
+        self.timeout_s = settings.timeout_ms / 1000
         self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
+        self.output_count = len(signature.outputs)
         self.batcher = Batcher(
-            runner.forward, runner.run_blocking, self.policy, settings.max_queue, observer,
-            concurrency=settings.inference_threads,
+            self._forward, runner.run_blocking, self.policy, settings.max_queue, metrics,
+            concurrency=settings.inference_threads or 1,
         )  # fmt: skip
+        self.threads: ThreadPlan | None = None
         self.load_seconds = 0.0
         self.warmup_seconds = 0.0
 
     @classmethod
-    def start(cls, settings: Settings, metrics: Metrics) -> "InferenceService":
-        """Load the model, probe its outputs, read labels and warm it up (blocking)."""
+    def start(cls, settings: Settings, metrics: Metrics, version: str = "1") -> "InferenceService":
+        """Load the model, probe its outputs, read labels and warm it up (blocking), logging
+        each phase with its duration."""
         started = time.monotonic()
-        loaded = load_model(settings)
-        model = compiled(loaded.model, settings.model_path) if settings.compile else loaded.model
-        runner = Runner(model, settings.device, loaded.signature, settings.inference_threads)
         name = settings.model_name
+        with _phase("load"):
+            loaded = load_model(settings)
+        model = compiled(loaded.model, settings.model_path) if settings.compile else loaded.model
+        runner = Runner(model, settings.device, loaded.signature)
         hooks = load_hooks(settings.handler) if settings.handler else loaded.hooks
         try:  # what fails from here on is about this model file: say which
-            signature = runner.probe(loaded.signature, settings.output_names)
+            what = "probe (and compile)" if settings.compile else "probe"
+            with _phase(what):
+                signature = runner.probe(loaded.signature, settings.output_names)
             labels_path = find_labels(settings.model_path, settings.labels)
             labels = read_labels(labels_path) if labels_path else None
             service = cls(
                 settings, loaded.facts, loaded.parameters, runner, signature, labels,
-                metrics.for_model(name), hooks,
+                metrics.for_model(name, version), hooks, version,
             )  # fmt: skip
         except ModelLoadError as exc:
             raise ModelLoadError(f"{settings.model_path}: {exc}") from None
         warm_started = time.monotonic()
-        service.warm_up()
+        with _phase("warm-up"):
+            service.warm_up()
         service.warmup_seconds = time.monotonic() - warm_started
         service.load_seconds = time.monotonic() - started
         metrics.load_seconds.labels(name).set(service.load_seconds)
@@ -102,91 +116,121 @@ class InferenceService:
         return service
 
     def warm_up(self) -> None:
-        """Passes on example data at each batch size bucket (1, 2, 4, ... max_batch_size), so
-        the first real request, alone or in a full batch, is as fast as the hundredth."""
+        """Run example batches at each batch size bucket (1, 2, 4, ... max_batch_size), so the
+        first real request is as fast as the hundredth; then choose where the model runs and
+        with how many threads from what the passes measured (unless the settings say)."""
         samples = self.signature.example_sample()
-        fastest = float("inf")
+        full = [
+            np.repeat(sample[np.newaxis], self.policy.max_batch_size, axis=0) for sample in samples
+        ]
         for size in batch_buckets(self.policy.max_batch_size):
-            batch = [np.repeat(sample[np.newaxis], size, axis=0) for sample in samples]
-            fastest = float("inf")
-            for _ in range(WARMUP_PASSES):
-                started = time.perf_counter()
+            batch = [array[:size] for array in full]
+            for _ in range(2):
                 self.runner.forward(batch)
-                fastest = min(fastest, time.perf_counter() - started)
-        self.runner.inline = choose_execution(self.settings.execution, fastest) == "inline"
-        log.info(
-            "a batch of %d takes %.2f ms; the model runs %s",
-            self.policy.max_batch_size,
-            fastest * 1000,
-            "on the event loop" if self.runner.inline else "on its inference thread",
-        )
+        self.threads = choose_threads(self.settings, lambda: self.runner.forward(full))
+        self.runner.use(self.threads)
+        self.batcher.concurrency_to(self.threads.inference)
+        log.info("%s", self.threads.describe(self.policy.max_batch_size))
+
+    def _forward(self, arrays: Arrays) -> Arrays:
+        """A batch through the model (on the inference thread), with its label scores computed
+        for the whole batch at once."""
+        outputs = self.runner.forward(arrays)
+        return [*outputs, *self.postprocessor.scores(outputs)]
 
     def start_batching(self) -> None:
         """Start the batch loop; needs the running event loop."""
         self.batcher.start()
 
-    def arrival(self) -> Arrival:
-        """Mark a request as on its way to the batcher while its body is read and validated."""
+    def admit(self) -> None:
+        """503 before a request's body is read when the queue is full: a refusal then costs
+        little, so an overloaded server keeps its CPU for the requests it admitted."""
+        if self.batcher.full():
+            raise Overloaded(
+                f"the server is at capacity ({self.batcher.queued_samples} samples queued); "
+                "retry shortly"
+            )
+
+    def arrival(self) -> contextlib.AbstractContextManager[None]:
+        """Mark a request as on its way to the batcher while its body is read and decoded."""
         return self.batcher.arrival()
 
-    def decode(self, body: bytes) -> Decoded:
-        """Validate a ``{"instances": [...]}`` body; raises a 4xx ServeError when it is bad."""
-        if self.preprocess_hook is not None:
-            instances, top_k = self.decoder.parse(body)
-            decoded = Decoded(self._preprocess(instances), top_k)
-        else:
-            decoded = self.decoder.decode(body)
-        self.postprocess.check(decoded.top_k)
-        return decoded
+    def will_wait(self) -> bool:
+        """Whether new work would wait behind a batch already in the model."""
+        return self.batcher.will_wait()
+
+    def check(self, request: ModelInput) -> None:
+        """Refuse request options this model cannot honour, before the model runs."""
+        self.postprocessor.check(request.top_k)
+
+    async def prepare(self, request: ModelInput) -> Arrays:
+        """The model's inputs for a request: its arrays as they are, or its instances through
+        the image decoder or the preprocess hook (on a worker thread)."""
+        if request.arrays is not None:
+            return request.arrays
+        if self.prepare_off_loop:
+            return await to_thread.run_sync(self._prepare, request)
+        return self._prepare(request)
+
+    def _prepare(self, request: ModelInput) -> Arrays:
+        instances = request.instances
+        assert instances is not None
+        if self.hooks is not None and self.preprocess_hook is not None:
+            return run_preprocess(self.hooks, instances, self.signature, self.translate)
+        if self.images is None:
+            raise InvalidInput(
+                f"{request.where}: this model takes tensors, not images or files; "
+                "send numbers shaped like its input"
+            )
+        spec, images = self.signature.inputs[0], self.images
+        samples = [
+            x
+            if isinstance(x, np.ndarray)
+            else to_sample(x, images, request.location(i) + request.suffix)
+            for i, x in enumerate(instances)
+        ]
+        for i, sample in enumerate(samples):
+            if not spec.matches(sample.shape):
+                raise InvalidInput(
+                    f"{request.location(i)}: shape {list(sample.shape)} does not fit "
+                    f"'{spec.name}' {list(spec.shape)}"
+                )
+        return [np.stack(samples)]
+
+    async def infer(self, arrays: Arrays, timeout: float) -> Arrays:
+        """Run validated arrays through the batcher: 503 when it is full, 504 past ``timeout``
+        seconds in the queue, 500 when the model raises on these samples. Returns the model's
+        outputs (the first ``output_count``), then what ``predictions`` needs of them."""
+        return await self.batcher.submit(arrays, timeout)
+
+    async def predictions(self, outputs: Arrays, request: ModelInput) -> list[Any]:
+        """One prediction per sample: the postprocess hook's (on a worker thread), or labels
+        with scores, or the raw outputs."""
+        if self.hooks is not None and self.postprocess_hook is not None:
+            model_outputs = outputs[: self.output_count]
+            return await to_thread.run_sync(
+                run_postprocess, self.hooks, model_outputs, request.size, self.translate
+            )
+        return self.postprocessor(outputs, request.top_k)
+
+    def count(self, protocol: str, outcome: str) -> None:
+        """Count one inference request by protocol and outcome (``ok`` or an error code)."""
+        self.metrics.count(protocol, outcome)
 
     @property
     def takes_uploads(self) -> bool:
-        """Whether file uploads (multipart) make sense: an image model, or a preprocess hook
-        that takes files."""
+        """Whether file uploads make sense: an image model, or a hook that takes files."""
         hook_files = (
             self.hooks is not None and self.preprocess_hook is not None and self.hooks.files
         )
         return self.images is not None or hook_files
 
-    def decode_uploads(self, files: list[bytes], top_k: int | None) -> Decoded:
-        """Uploaded files (blocking: images are decoded here); 4xx when one is bad."""
-        if self.preprocess_hook is not None:
-            decoded = Decoded(self._preprocess(list(files)), top_k)
-        elif self.images is not None:
-            decoded = Decoded([to_batch(files, self.images, "files")], top_k)
-        else:
-            raise UnsupportedMediaType(
-                "this model does not take images; send JSON with 'Content-Type: application/json'"
-            )
-        self.postprocess.check(top_k)
-        return decoded
-
-    def _preprocess(self, instances: list[Any]) -> list[np.ndarray[Any, Any]]:
-        assert self.hooks is not None
-        return run_preprocess(self.hooks, instances, self.signature, self.decoder.translate)
-
-    async def infer(
-        self, arrays: list[np.ndarray[Any, Any]], timeout: float
-    ) -> list[np.ndarray[Any, Any]]:
-        """Run validated arrays through the batcher: 503 when it is full, 504 past ``timeout``
-        seconds in the queue, 500 when the model raises on these samples."""
-        return await self.batcher.submit(arrays, timeout)
-
-    def encode(self, decoded: Decoded, outputs: list[np.ndarray[Any, Any]]) -> bytes:
-        """The simple protocol's response bytes (blocking when there is a postprocess hook)."""
-        if self.hooks is None or self.postprocess_hook is None:
-            return _response(self.postprocess(outputs, decoded.top_k), self.name)
-        predictions = run_postprocess(self.hooks, outputs, decoded.size, self.decoder.translate)
-        try:
-            return _response(predictions, self.name)
-        except orjson.JSONEncodeError as exc:
-            log.error("the postprocess hook of %s returned non-JSON: %s", self.hooks.source, exc)
-            raise HookFailure("the postprocess hook failed; the server log has details") from None
-
     def describe(self) -> dict[str, Any]:
         """Metadata for ``GET /models/{name}``."""
+        threads = self.threads
         return {
             "name": self.name,
+            "version": self.version,
             "format": self.facts.format,
             "file": self.facts.path.name,
             "size_bytes": self.facts.size_bytes,
@@ -194,6 +238,7 @@ class InferenceService:
             "parameters": self.parameters,
             "device": str(self.runner.device),
             "execution": "inline" if self.runner.inline else "thread",
+            "threads": threads.describe_dict() if threads is not None else None,
             "batching": {
                 "max_batch_size": self.policy.max_batch_size,
                 "max_batch_delay_ms": self.settings.max_batch_delay_ms,
@@ -211,16 +256,19 @@ class InferenceService:
             "load_seconds": round(self.load_seconds, 3),
         }
 
-    async def stop(self) -> None:
-        """Finish queued work, then release the inference thread."""
-        await self.batcher.stop()
+    async def stop(self, timeout: float = float("inf")) -> None:
+        """Finish queued work (up to ``timeout`` seconds), then release the inference threads."""
+        await self.batcher.stop(timeout)
         self.runner.close()
 
 
-def _response(predictions: list[Any], name: str) -> bytes:
-    return orjson.dumps(
-        {"predictions": predictions, "model": name}, option=orjson.OPT_SERIALIZE_NUMPY
-    )
+@contextlib.contextmanager
+def _phase(what: str) -> Iterator[None]:
+    """Log the start and end of a start-up phase, with its duration."""
+    log.info("start-up: %s ...", what)
+    started = time.monotonic()
+    yield
+    log.info("start-up: %s done in %.2fs", what, time.monotonic() - started)
 
 
 def compiled(model: Any, path: Path) -> Any:
@@ -229,13 +277,6 @@ def compiled(model: Any, path: Path) -> Any:
     if isinstance(model, torch.jit.ScriptModule):
         raise ModelLoadError(f"{path}: --compile does not apply to TorchScript programs")
     return torch.compile(model, dynamic=True)
-
-
-def choose_execution(setting: str, largest_batch_s: float) -> str:
-    """``inline`` for a model whose largest batch is faster than a thread hop costs."""
-    if setting != "auto":
-        return setting
-    return "inline" if largest_batch_s < INLINE_BELOW_S else "thread"
 
 
 def batch_buckets(largest: int) -> list[int]:

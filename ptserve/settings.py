@@ -130,17 +130,18 @@ class Settings(BaseSettings):
         "event loop (cheaper for models faster than a thread hop); auto picks inline when a "
         "full batch takes under 1 ms at warm-up.",
     )
-    inference_threads: PositiveInt = Field(
-        1,
+    inference_threads: PositiveInt | None = Field(
+        None,
         description="Batches in the model at once, each on its own inference thread (with "
-        "execution=thread); pair with fewer torch threads (see README).",
+        "execution=thread); default: chosen at warm-up from timed passes (see README).",
     )
     compile: bool = Field(
         False, description="torch.compile the model at start-up (slower start; see README)."
     )
     torch_threads: PositiveInt | None = Field(
         None,
-        description="Torch intra-op threads per worker (default: cores / workers - 1, at least 1).",
+        description="Torch intra-op threads per worker (default: chosen at warm-up from timed "
+        "passes; cores / workers - 1 for a model that runs on the event loop).",
     )
     trust_modules: list[str] = Field(
         default_factory=list,

@@ -4,7 +4,6 @@ The request model is both the validator (the raw body goes through ``model_valid
 in pydantic-core) and the OpenAPI schema, so the documented shape is the enforced shape.
 """
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -22,7 +21,9 @@ from pydantic import (
 )
 
 from ptserve.errors import InvalidInput, InvalidJSON, ServeError, describe_value
-from ptserve.images import ImageSpec, decode_base64, to_sample
+from ptserve.images import decode_base64
+from ptserve.pipeline import ModelInput
+from ptserve.protocols.json_arrays import ArrayReader
 from ptserve.signature import Signature, TensorSpec, numpy_dtype
 
 MAX_DETAIL = 20
@@ -112,69 +113,16 @@ def example_body(signature: Signature, instance: Any = None) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """A validated request: one batched array per model input."""
+class Translator:
+    """Turns a pydantic ValidationError into a ServeError a person can read (locations like
+    ``instances[3][1]``, messages that say what was expected and what came)."""
 
-    arrays: list[np.ndarray[Any, Any]]
-    top_k: int | None
-
-    @property
-    def size(self) -> int:
-        return len(self.arrays[0])
-
-
-class RequestDecoder:
-    """Turns a raw JSON body into batched arrays, or a clear ServeError."""
-
-    def __init__(
-        self,
-        signature: Signature,
-        max_instances: int,
-        allow_nan: bool,
-        images: ImageSpec | None = None,
-        raw: bool = False,
-        example: Any = None,
-    ) -> None:
+    def __init__(self, signature: Signature, max_instances: int) -> None:
         self.signature = signature
         self.max_instances = max_instances
-        self.images = images
-        self.example = example_body(signature, example)
-        self.model = request_model(
-            signature, max_instances, allow_nan, images=images is not None, raw=raw,
-            example=self.example,
-        )  # fmt: skip
 
-    def parse(self, body: bytes) -> tuple[list[Any], int | None]:
-        """The validated instances and top_k of a body."""
-        try:
-            request = self.model.model_validate_json(body)
-        except ValidationError as exc:
-            raise self.translate(exc) from None
-        return request.instances, request.top_k  # type: ignore[attr-defined]
-
-    def decode(self, body: bytes) -> Decoded:
-        instances, top_k = self.parse(body)
-        if self.images is not None:
-            instances = [self._image(x, i) for i, x in enumerate(instances)]
-        if len(self.signature.inputs) == 1:
-            columns = [instances]
-        else:
-            columns = [[getattr(i, s.name) for i in instances] for s in self.signature.inputs]
-        arrays = [
-            _stack(col, spec) for col, spec in zip(columns, self.signature.inputs, strict=True)
-        ]
-        return Decoded(arrays, top_k)
-
-    def _image(self, instance: Any, index: int) -> Any:
-        if not isinstance(instance, ImageInstance):
-            return instance
-        assert self.images is not None
-        where = f"instances[{index}].image"
-        return to_sample(decode_base64(instance.image, where), self.images, where)
-
-    def translate(self, exc: ValidationError, under: str | None = None) -> ServeError:
-        """A ServeError for a failed validation; ``under`` prefixes locations that lack it."""
+    def __call__(self, exc: ValidationError, under: str | None = None) -> ServeError:
+        """The error for ``exc``; ``under`` prefixes locations that lack it."""
         errors = exc.errors(include_url=False)
         if under is not None:
             for error in errors:
@@ -227,6 +175,72 @@ class RequestDecoder:
         names = {s.name: s.dtype for s in self.signature.inputs}
         named = [part for part in loc if isinstance(part, str) and part in names]
         return names[named[0]] if named else self.signature.inputs[0].dtype
+
+
+class RequestDecoder:
+    """Turns a raw ``{"instances": [...]}`` body into a ModelInput, or a clear ServeError.
+
+    A plain numeric input takes the fast path (``json_arrays``); every other body, and every
+    body the fast path declines, is validated in full by the signature's Pydantic model.
+    """
+
+    def __init__(
+        self,
+        signature: Signature,
+        max_instances: int,
+        allow_nan: bool,
+        images: bool = False,
+        raw: bool = False,
+        example: Any = None,
+    ) -> None:
+        self.signature = signature
+        self.images = images
+        self.raw = raw
+        self.translate = Translator(signature, max_instances)
+        self.example = example_body(signature, example)
+        self.model = request_model(
+            signature, max_instances, allow_nan, images=images, raw=raw, example=self.example
+        )
+        plain = not (images or raw) and len(signature.inputs) == 1
+        self.fast = ArrayReader(signature.inputs[0], max_instances) if plain else None
+
+    def parse(self, body: bytes) -> tuple[list[Any], int | None]:
+        """The validated instances and top_k of a body."""
+        try:
+            request = self.model.model_validate_json(body)
+        except ValidationError as exc:
+            raise self.translate(exc) from None
+        return request.instances, request.top_k  # type: ignore[attr-defined]
+
+    def decode(self, body: bytes) -> ModelInput:
+        """Validated arrays, or (images, hooks) validated instances for the model's
+        preprocessing."""
+        if self.fast is not None:
+            read = self.fast.read(body)
+            if read is not None:
+                return ModelInput([read[0]], top_k=read[1])
+        instances, top_k = self.parse(body)
+        if self.raw:
+            return ModelInput(instances=instances, top_k=top_k)
+        if self.images:
+            spec = self.signature.inputs[0]
+            samples = [_image_or_sample(x, i, spec) for i, x in enumerate(instances)]
+            return ModelInput(instances=samples, top_k=top_k, suffix=".image")
+        if len(self.signature.inputs) == 1:
+            columns = [instances]
+        else:
+            columns = [[getattr(i, s.name) for i in instances] for s in self.signature.inputs]
+        arrays = [
+            _stack(col, spec) for col, spec in zip(columns, self.signature.inputs, strict=True)
+        ]
+        return ModelInput(arrays, top_k=top_k)
+
+
+def _image_or_sample(instance: Any, index: int, spec: TensorSpec) -> Any:
+    """An image instance's bytes, or a sample as an array."""
+    if isinstance(instance, ImageInstance):
+        return decode_base64(instance.image, f"instances[{index}].image")
+    return np.asarray(instance, dtype=numpy_dtype(spec.dtype))
 
 
 def _stack(samples: list[Any], spec: TensorSpec) -> np.ndarray[Any, Any]:

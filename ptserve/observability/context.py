@@ -4,7 +4,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)
 class Timing:
     """Where a request's time went, for the Server-Timing header (seconds)."""
 
@@ -13,9 +13,14 @@ class Timing:
     batch_size: int = 0
     batch_started_ns: int = 0  # wall clock, for trace spans
 
-    def header(self, total: float) -> str:
-        parts = [f"{name};dur={value * 1000:.3f}" for name, value in self.items()]
-        return ", ".join([*parts, f"total;dur={total * 1000:.3f}"])
+    def header(self, total: float) -> bytes:
+        if self.queue is None or self.inference is None:
+            return b"total;dur=%.3f" % (total * 1000)
+        return b"queue;dur=%.3f, inference;dur=%.3f, total;dur=%.3f" % (
+            self.queue * 1000,
+            self.inference * 1000,
+            total * 1000,
+        )
 
     def items(self) -> list[tuple[str, float]]:
         return [

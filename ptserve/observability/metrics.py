@@ -63,13 +63,17 @@ class Metrics:
             "ptserve_model_warmup_seconds", "Time of the warm-up passes", ["model"], registry=r,
             multiprocess_mode="max",
         )  # fmt: skip
+        self.inferences = Counter(
+            "ptserve_inference_requests", "Inference requests by model, protocol and outcome "
+            "(ok, or the error code)", ["model", "version", "protocol", "outcome"], registry=r,
+        )  # fmt: skip
         self.info = Gauge(
             "ptserve_model_info", "The served model (value 1)",
             ["model", "format", "sha256", "device"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
-    def for_model(self, name: str) -> "ModelMetrics":
-        return ModelMetrics(self, name)
+    def for_model(self, name: str, version: str) -> "ModelMetrics":
+        return ModelMetrics(self, name, version)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text, summed over all workers in multiprocess mode."""
@@ -83,11 +87,22 @@ class Metrics:
 class ModelMetrics:
     """One model's batching metrics; the batcher reports to it (see batching.BatchObserver)."""
 
-    def __init__(self, metrics: Metrics, name: str) -> None:
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
         self.queue_seconds = metrics.queue_seconds.labels(name)
         self.batch_size = metrics.batch_size.labels(name)
         self.inference_seconds = metrics.inference_seconds.labels(name)
         self.depth = metrics.queue_depth.labels(name)
+        self._inferences = metrics.inferences
+        self._labels = (name, version)
+        self._counters: dict[tuple[str, str], Counter] = {}
+
+    def count(self, protocol: str, outcome: str) -> None:
+        """One inference request answered (``outcome``: ok, or its error code)."""
+        key = (protocol, outcome)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self._inferences.labels(*self._labels, *key)
+        counter.inc()
 
     def observe_batch(self, size: int, waits: Sequence[float], seconds: float) -> None:
         self.batch_size.observe(size)

@@ -19,10 +19,9 @@ async def live(request: Request) -> dict[str, str]:
 
 @router.get("/health/ready", responses=error_responses({503: "Loading or draining"}))
 async def ready(request: Request) -> dict[str, str]:
-    """The model is loaded and warmed up; 503 otherwise."""
-    runtime = request.app.state.runtime
-    runtime.serving()
-    runtime.check_live()
+    """The models are loaded and warmed up; 503 otherwise, and while draining (so load
+    balancers stop sending new requests)."""
+    request.app.state.runtime.check_ready()
     return {"status": "ready"}
 
 
@@ -30,8 +29,10 @@ async def ready(request: Request) -> dict[str, str]:
 async def models(request: Request) -> dict[str, Any]:
     """Every model this server serves, with its metadata."""
     runtime = request.app.state.runtime
-    service = runtime.serving()
-    return {"models": [{**service.describe(), "loads": runtime.loads}]}
+    runtime.serving()  # 503 until loaded
+    return {
+        "models": [{**s.service.describe(), "loads": runtime.loads} for s in runtime.models.all()]
+    }
 
 
 @router.get(
@@ -41,8 +42,7 @@ async def models(request: Request) -> dict[str, Any]:
 async def model(name: str, request: Request) -> dict[str, Any]:
     """One model's format, signature, labels, sha256, and how many times it was loaded."""
     runtime = request.app.state.runtime
-    service = runtime.serving(name)
-    return {**service.describe(), "loads": runtime.loads}
+    return {**runtime.serving(name).service.describe(), "loads": runtime.loads}
 
 
 @router.get("/metrics", response_class=Response)

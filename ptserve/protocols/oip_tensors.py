@@ -9,10 +9,12 @@ Pure numpy and orjson, no torch: the server decodes requests and encodes respons
 read.
 """
 
+import base64
+import binascii
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -39,6 +41,8 @@ ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "true or false"}
 Array = np.ndarray[Any, Any]
 MISSING_HEADER = "; binary tensors need the Inference-Header-Content-Length header"
+BYTES = "BYTES"
+LENGTH_PREFIX = 4  # a BYTES element in binary: a little-endian uint32 length, then the bytes
 
 
 def datatype(dtype: np.dtype[Any]) -> str:
@@ -48,16 +52,29 @@ def datatype(dtype: np.dtype[Any]) -> str:
 
 @dataclass(frozen=True)
 class WireSpec:
-    """One model input as it travels: numpy dtype and per-sample shape (-1 = any length)."""
+    """One model input as it travels: numpy dtype and per-sample shape (-1 = any length).
+
+    ``content`` says what a BYTES tensor may carry in its place, one element per sample:
+    ``"file"`` (an encoded image or file: raw bytes in binary, base64 in JSON) or ``"json"``
+    (one instance as JSON text); ``dtype`` is None for an input that only takes BYTES.
+    """
 
     name: str
-    dtype: np.dtype[Any]
+    dtype: np.dtype[Any] | None
     shape: tuple[int, ...]
+    content: Literal["file", "json"] | None = None
 
     @property
     def datatype(self) -> str:
         """The OIP datatype requests must give for this input."""
-        return datatype(self.dtype)
+        return BYTES if self.dtype is None else datatype(self.dtype)
+
+    @property
+    def datatypes(self) -> list[str]:
+        """Every datatype this input accepts."""
+        if self.dtype is None:
+            return [BYTES]
+        return [self.datatype, BYTES] if self.content else [self.datatype]
 
 
 @dataclass(frozen=True)
@@ -70,9 +87,10 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A decoded, validated request: one batched array per model input, in the model's order."""
+    """A decoded, validated request: per model input, in the model's order, one batched array
+    or (a BYTES tensor) one element per sample."""
 
-    arrays: list[Array]
+    arrays: list[Array | list[Any]]
     outputs: list[RequestedOutput]
     id: str | None
 
@@ -116,7 +134,7 @@ def decode_request(
             f"inputs: expected a list of input tensors, got {describe_value(entries)}"
         )
     index = {spec.name: i for i, spec in enumerate(inputs)}
-    arrays: list[Array | None] = [None] * len(inputs)
+    arrays: list[Array | list[Any] | None] = [None] * len(inputs)
     offset = header_length
     for position, raw in enumerate(entries):
         entry, name = _named(raw, f"inputs[{position}]", list(index), "input", "takes")
@@ -124,6 +142,9 @@ def decode_request(
             raise InvalidTensor(f"input '{name}' is given twice")
         spec = inputs[index[name]]
         array, offset = _input(entry, spec, view, offset, binary, max_batch)
+        if isinstance(array, list):
+            arrays[index[name]] = array
+            continue
         if not allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise InvalidTensor(
                 f"input '{name}': NaN and Infinity are not allowed (nor values beyond "
@@ -150,13 +171,16 @@ def encode_response(
     model_name: str,
     model_version: str,
     request_id: str | None,
-    outputs: Sequence[tuple[str, Array, bool]],
+    outputs: Sequence[tuple[str, Array | list[bytes], bool]],
 ) -> tuple[bytes, int | None]:
-    """The response body for ``(name, array, binary)`` outputs, and the JSON header's length
-    when any output is binary (None: the body is plain JSON)."""
+    """The response body for ``(name, array, binary)`` outputs (a list of bytes is a BYTES
+    tensor), and the JSON header's length when any output is binary (None: plain JSON)."""
     tensors: list[dict[str, Any]] = []
-    raw: list[Array] = []
+    raw: list[Any] = []
     for name, array, binary in outputs:
+        if isinstance(array, list):
+            tensors.append(_bytes_output(name, array, binary, raw))
+            continue
         try:
             kind = datatype(array.dtype)
         except KeyError:
@@ -168,7 +192,7 @@ def encode_response(
         tensor: dict[str, Any] = {"name": name, "datatype": kind, "shape": list(array.shape)}
         if binary:
             tensor["parameters"] = {"binary_data_size": flat.nbytes}
-            raw.append(flat)
+            raw.append(flat.data)
         else:
             tensor["data"] = flat
         tensors.append(tensor)
@@ -179,7 +203,18 @@ def encode_response(
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not raw:
         return header, None
-    return b"".join([header, *(array.data for array in raw)]), len(header)
+    return b"".join([header, *raw]), len(header)
+
+
+def _bytes_output(name: str, elements: list[bytes], binary: bool, raw: list[Any]) -> dict[str, Any]:
+    tensor: dict[str, Any] = {"name": name, "datatype": BYTES, "shape": [len(elements)]}
+    if binary:
+        packed = b"".join(len(e).to_bytes(LENGTH_PREFIX, "little") + e for e in elements)
+        tensor["parameters"] = {"binary_data_size": len(packed)}
+        raw.append(packed)
+    else:
+        tensor["data"] = [e.decode("utf-8", "replace") for e in elements]
+    return tensor
 
 
 def _input(
@@ -189,16 +224,19 @@ def _input(
     offset: int,
     binary: bool,
     max_batch: int,
-) -> tuple[Array, int]:
-    """One input's array, and the offset of the next binary tensor (``binary``: the request
-    has a binary part, as its Inference-Header-Content-Length header says)."""
+) -> tuple[Array | list[Any], int]:
+    """One input's array (or a BYTES input's elements), and the offset of the next binary
+    tensor (``binary``: the request has a binary part, as Inference-Header-Content-Length
+    says)."""
     where = f"input '{spec.name}'"
     given = entry.get("datatype")
-    if given != spec.datatype:
-        raise InvalidTensor(
-            f"{where}: datatype {given!r} does not match the model's {spec.datatype!r}"
-        )
-    shape = _shape(entry.get("shape"), spec, where, max_batch)
+    if given not in spec.datatypes:
+        wanted = " or ".join(repr(d) for d in spec.datatypes)
+        raise InvalidTensor(f"{where}: datatype {given!r} does not match the model's {wanted}")
+    if given == BYTES:
+        return _bytes_input(entry, spec, body, offset, binary, max_batch)
+    assert spec.dtype is not None
+    shape = _shape(entry.get("shape"), spec.shape, where, max_batch)
     count = math.prod(shape)  # Python ints: no int64 overflow for absurd shapes
     parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
     if "shared_memory_region" in parameters:
@@ -233,7 +271,73 @@ def _input(
     return array, offset + size
 
 
+def _bytes_input(
+    entry: dict[str, Any],
+    spec: WireSpec,
+    body: memoryview,
+    offset: int,
+    binary: bool,
+    max_batch: int,
+) -> tuple[list[Any], int]:
+    """A BYTES input: one element per sample (an encoded file, or an instance as JSON)."""
+    where = f"input '{spec.name}'"
+    shape = _shape(entry.get("shape"), (), where, max_batch)
+    count = shape[0]
+    size = _object(entry.get("parameters", {}), f"{where}: parameters").get("binary_data_size")
+    if size is None:
+        data = entry.get("data")
+        if (
+            not isinstance(data, list)
+            or len(data) != count
+            or not all(isinstance(e, str) for e in data)
+        ):
+            raise InvalidTensor(f"{where}: BYTES data must be a list of {count} strings")
+        return [_element(e, spec, f"{where}[{i}]") for i, e in enumerate(data)], offset
+    if not binary:
+        raise InvalidTensor(
+            f"{where}: binary_data_size needs the Inference-Header-Content-Length header"
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(body) - offset:
+        raise InvalidTensor(f"{where}: binary_data_size {size!r} does not fit the body")
+    elements: list[Any] = []
+    position, end = offset, offset + size
+    while position < end:
+        if position + LENGTH_PREFIX > end:
+            raise InvalidTensor(f"{where}: a BYTES element's length runs past its tensor")
+        length = int.from_bytes(body[position : position + LENGTH_PREFIX], "little")
+        position += LENGTH_PREFIX
+        if position + length > end:
+            raise InvalidTensor(f"{where}: a BYTES element runs past its tensor")
+        raw = bytes(body[position : position + length])
+        position += length
+        where_i = f"{where}[{len(elements)}]"
+        elements.append(_json_element(raw, where_i) if spec.content == "json" else raw)
+    if len(elements) != count:
+        raise InvalidTensor(f"{where}: {len(elements)} BYTES elements; shape {shape} needs {count}")
+    return elements, end
+
+
+def _element(text: str, spec: WireSpec, where: str) -> Any:
+    """One BYTES element given in JSON: JSON text of an instance, or a base64-encoded file."""
+    if spec.content == "json":
+        return _json_element(text.encode(), where)
+    if text.startswith("data:") and "," in text:  # a data: URL's prefix is allowed
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidTensor(f"{where}: not valid base64 (files travel as base64 in JSON)") from None
+
+
+def _json_element(raw: bytes, where: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTensor(f"{where}: not a JSON instance ({exc})") from None
+
+
 def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: str) -> Array:
+    assert spec.dtype is not None
     try:
         values = np.asarray(data)
     except ValueError:
@@ -256,13 +360,13 @@ def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: s
         return values.astype(spec.dtype, copy=False).reshape(shape)
 
 
-def _shape(shape: Any, spec: WireSpec, where: str, max_batch: int) -> list[int]:
-    """Check ``shape`` is ``[batch, *sample]`` with a sample that fits ``spec``."""
+def _shape(shape: Any, sample: tuple[int, ...], where: str, max_batch: int) -> list[int]:
+    """Check ``shape`` is ``[batch, *sample]`` (-1 in ``sample``: any size)."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidTensor(f"{where}: shape must be a list of sizes, got {describe_value(shape)}")
-    expected = [-1, *spec.shape]
+    expected = [-1, *sample]
     fits = len(shape) == len(expected) and all(
         want in (-1, got) for want, got in zip(expected, shape, strict=True)
     )

@@ -64,13 +64,17 @@ def test_sigterm_under_load_finishes_accepted_work_and_exits_0(tmp_path: Path) -
             os.kill(server.process.pid, signal.SIGTERM)
             while client.get("/health/ready").status_code != 503:
                 time.sleep(0.02)
-            refused = client.post("/predict", json={"instances": [[1.0, 2.0]]})
+            # readiness is 503 (load balancers stop sending), but what still arrives is served
+            late = pool.submit(
+                httpx.post, f"{server.base_url}/predict", json={"instances": [[1.0, 2.0]]},
+                timeout=60,
+            )  # fmt: skip
+            time.sleep(0.2)  # let it reach the queue behind the held batch (no wait for a result)
         gate.touch()
         results = [f.result() for f in accepted]
         exit_code = server.process.wait(timeout=30)
     assert [r.status_code for r in results] == [200] * 10
     assert all(r.json()["predictions"] == [[nets.HOLD, 1.0]] for r in results)
-    assert refused.status_code == 503
-    assert refused.json()["code"] == "not_ready"
+    assert late.result().status_code == 200
     assert exit_code == 0
     assert "drained; shutting down" in server.log()

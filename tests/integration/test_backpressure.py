@@ -57,7 +57,7 @@ async def test_full_queue_gets_503_with_retry_after(
     gated_app: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, gated = gated_app
-    batcher = app.state.runtime.service.batcher
+    batcher = app.state.runtime.models.get(None).service.batcher
     held = await hold_the_model(gated)
     queued = asyncio.ensure_future(gated.post("/predict", json={"instances": [[1, 2], [3, 4]]}))
     while batcher.queued_samples < 2:

@@ -332,9 +332,9 @@ async def test_v2_and_predict_share_one_batcher() -> None:
             client.post("/predict", json={"instances": rows[i : i + 1].tolist()})
             for i in range(6, 12)
         ]
-        before = app.state.runtime.service.batcher.stats.samples
+        before = app.state.runtime.models.get(None).service.batcher.stats.samples
         responses = await asyncio.gather(*v2, *simple)
-        after = app.state.runtime.service.batcher.stats.samples
+        after = app.state.runtime.models.get(None).service.batcher.stats.samples
     assert after - before == 12
     for i, response in enumerate(responses[:6]):
         np.testing.assert_allclose(binary_outputs(response)[1]["output"][0], expected[i], rtol=1e-6)

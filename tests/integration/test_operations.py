@@ -1,7 +1,6 @@
 """Metrics, request ids, Server-Timing, JSON access logs, API keys, body limit and CORS."""
 
-import io
-import logging
+import asyncio
 import os
 from pathlib import Path
 
@@ -9,7 +8,6 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ptserve.observability.logs import JsonFormatter
 from ptserve.settings import EXAMPLE_MODEL
 from tests.conftest import serving
 
@@ -77,19 +75,14 @@ async def test_request_id_is_honoured_or_made_and_server_timing_is_sent() -> Non
     assert float(parts["total"]) >= float(parts["inference"])
 
 
-async def test_access_log_is_one_json_line_with_the_request_id() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    access = logging.getLogger("ptserve.access")
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    try:
-        async with serving(EXAMPLE_MODEL) as client:
-            await client.post("/predict", json=ZEROS, headers={"X-Request-ID": "log-me"})
-    finally:
-        access.removeHandler(handler)
-    (line,) = [orjson.loads(x) for x in stream.getvalue().splitlines()]
+async def test_access_log_is_one_json_line_with_the_request_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with serving(EXAMPLE_MODEL) as client:
+        await client.post("/predict", json=ZEROS, headers={"X-Request-ID": "log-me"})
+    (line,) = [
+        orjson.loads(x) for x in capsys.readouterr().err.splitlines() if "ptserve.access" in x
+    ]
     assert line["request_id"] == "log-me"
     assert (line["method"], line["route"], line["status"], line["model"]) == (
         "POST",
@@ -99,6 +92,28 @@ async def test_access_log_is_one_json_line_with_the_request_id() -> None:
     )
     assert line["duration_ms"] > 0
     assert line["level"] == "info"
+    assert "code" not in line
+
+
+async def test_access_lines_say_why_a_request_failed_and_none_is_lost_on_stop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every request of a burst has its line once the app has stopped (the writer flushes on
+    shutdown), and an error's line carries its code, in JSON and in text."""
+    async with serving(EXAMPLE_MODEL) as client:
+        answers = await asyncio.gather(
+            *(client.post("/predict", json=ZEROS) for _ in range(200)),
+            client.post("/predict", json={"instances": [[1, 2]]}),
+        )
+    lines = [orjson.loads(x) for x in capsys.readouterr().err.splitlines() if "ptserve.access" in x]
+    assert [a.status_code for a in answers] == [200] * 200 + [422]
+    assert len(lines) == 201
+    (bad,) = [line for line in lines if line["status"] == 422]
+    assert bad["code"] == "invalid_input"
+    async with serving(EXAMPLE_MODEL, log_format="text") as client:
+        await client.get("/nope")
+    (text,) = [x for x in capsys.readouterr().err.splitlines() if "GET /nope" in x]
+    assert text.startswith("INFO:     GET /nope 404 not_found ")
 
 
 @pytest.fixture

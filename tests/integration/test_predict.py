@@ -173,7 +173,7 @@ async def test_compiled_model_serves_the_same_outputs(artefacts: dict[str, Artef
     artefact = artefacts["pickle"]
     async with serving_app(artefact.path, compile=True, **artefact.settings) as (app, client):
         response = await client.post("/predict", json={"instances": artefact.inputs.tolist()})
-        model = app.state.runtime.service.runner.model
+        model = app.state.runtime.models.get(None).service.runner.model
     assert hasattr(model, "_orig_mod")  # torch.compile's wrapper, not the plain module
     np.testing.assert_allclose(
         response.json()["predictions"], artefact.expected, rtol=1e-4, atol=1e-5

@@ -71,10 +71,25 @@ async def test_openapi_shows_the_real_shape_with_a_valid_example() -> None:
     assert sample["items"]["type"] == "number"
     assert instances["maxItems"] == 1024
     assert request["additionalProperties"] is False
-    assert "/v1/models/{name}:predict" in schema["paths"]
+    assert "/v1/models/digits:predict" in schema["paths"]
     assert set(operation["responses"]) >= {"200", "400", "415", "422", "500", "503"}
     assert example.status_code == 200
     assert example.json()["predictions"][0]["label"] == "0"  # the saved example is a real 0
+
+
+async def test_openapi_describes_v2_inference_with_an_example_that_infers() -> None:
+    async with serving(EXAMPLE_MODEL) as client:
+        schema = (await client.get("/openapi.json")).json()
+        for path in ("/v2/models/digits/infer", "/v2/models/digits/versions/1/infer"):
+            operation = schema["paths"][path]["post"]
+            content = operation["requestBody"]["content"]
+            assert set(content) == {"application/json", "application/octet-stream"}
+            answer = await client.post(path, json=content["application/json"]["example"])
+            assert answer.status_code == 200, answer.text
+            (output,) = answer.json()["outputs"]
+            assert (output["name"], output["shape"]) == ("output", [1, 10])
+        request = schema["components"]["schemas"]["InferRequest_digits"]
+    assert request["additionalProperties"] is False
 
 
 async def test_docs_are_served_from_the_package() -> None:
@@ -103,7 +118,7 @@ async def test_a_crashed_batch_loop_fails_liveness_and_queued_work(
             raise RuntimeError("a bug in the batch policy")
 
     async with serving_app(EXAMPLE_MODEL) as (app, client):
-        app.state.runtime.service.batcher.policy = Broken()
+        app.state.runtime.models.get(None).service.batcher.policy = Broken()
         predict = await client.post("/predict", json={"instances": [[0] * 64]})
         after = await client.post("/predict", json={"instances": [[0] * 64]})
         live = await client.get("/health/live")

@@ -1,20 +1,19 @@
 import asyncio
 
 import pytest
-from starlette.requests import Request
 from starlette.types import Message
 
 from ptserve.errors import ClientDisconnected
-from ptserve.protocols.common import cancelled_on_disconnect
+from ptserve.protocols.http import HttpCall
 
 pytestmark = pytest.mark.anyio
 
 
-def request_with(receive_message: "asyncio.Future[Message]") -> Request:
+def call_with(receive_message: "asyncio.Future[Message]") -> HttpCall:
     async def receive() -> Message:
         return await receive_message
 
-    return Request({"type": "http", "method": "POST", "headers": []}, receive)
+    return HttpCall({"type": "http", "method": "POST", "headers": []}, receive, {}, 1024)
 
 
 async def test_work_is_cancelled_when_the_client_disconnects() -> None:
@@ -22,7 +21,7 @@ async def test_work_is_cancelled_when_the_client_disconnects() -> None:
     work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def handler() -> None:
-        async with cancelled_on_disconnect(request_with(message)):
+        async with call_with(message).cancelled_on_disconnect():
             await work
 
     task = asyncio.ensure_future(handler())
@@ -37,7 +36,7 @@ async def test_work_that_finishes_returns_and_stops_watching() -> None:
     message: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
     async def handler() -> int:
-        async with cancelled_on_disconnect(request_with(message)):
+        async with call_with(message).cancelled_on_disconnect():
             await asyncio.sleep(0)
             return 42
 
