@@ -231,7 +231,7 @@ async def test_health_is_liveness_and_a_loaded_model() -> None:
         runtime.draining = True  # draining is not a reason to be replaced
         assert ray_app.health_problem(runtime) is None
         runtime.draining = False
-        runtime.service.batcher.policy = Broken()
+        runtime.models.get(None).service.batcher.policy = Broken()
         await client.post("/predict", json={"instances": [[0] * 64]})
         assert ray_app.health_problem(runtime) == "the batch loop stopped; restart this instance"
     assert ray_app.health_problem(runtime) == "the model is not loaded"
