@@ -130,16 +130,15 @@ def test_ray_metrics_count_each_replicas_requests(ray_cluster: RayCluster, tiny:
             if "ptserve_ray_replica{" in line
         ]
     replica = ours[0].split('replica="')[1].split('"')[0]
-    wanted = (
-        "ray_serve_deployment_request_counter_total{",
-        f'replica="{replica}"',
-        'route="/predict"',
-    )
+    counter = "ray_serve_deployment_request_counter_total{"
     deadline = time.monotonic() + HANG_GUARD_S  # Ray exports its metrics every few seconds
-    while not any(
-        all(part in line for part in wanted) for line in httpx.get(url).text.splitlines()
-    ):
-        assert time.monotonic() < deadline, f"no request counter of replica {replica} at {url}"
+    while True:
+        lines = [line for line in httpx.get(url).text.splitlines() if line.startswith(counter)]
+        if any(
+            f'replica="{replica}"' in line and 'application="ptserve"' in line for line in lines
+        ):
+            break
+        assert time.monotonic() < deadline, f"no counter of replica {replica} at {url}: {lines}"
         time.sleep(0.5)
 
 
