@@ -191,5 +191,7 @@ def run_server(
         run.status, run.reason = "failed", str(exc)
         logger.warning("%s/%s failed to start: %s", model.name, spec.name, exc)
     finally:
-        run.stopped_gracefully = stop_server(server, options.stop_timeout_s)
+        run.stopped_gracefully = stop_server(
+            server, spec.stop_timeout_s or options.stop_timeout_s, spec.stop_leader_only
+        )
     return run

@@ -1,4 +1,4 @@
-"""``ptserve serve|info|convert``: map the command line onto Settings, then run the command
+"""``ptserve serve|info|convert|ray``: map the command line onto Settings, then run the command
 (each command's module is imported only when it runs: ``serve`` needs torch, the parser does
 not).
 
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from ptserve.errors import ModelLoadError
+from ptserve.integrations.ray_settings import add_ray_arguments
 from ptserve.settings import EXAMPLE_MODEL, Group, Settings, group_of, unknown_environment
 
 FLAGS = {"trust_modules": "--trust-module", "cors_origins": "--cors-origin"}
@@ -28,7 +29,13 @@ METAVARS = {
     "config": "FILE", "model_class": "MODULE:CLASS", "example_input": "FILE", "labels": "FILE",
     "handler": "HOOKS", "trust_modules": "MODULE", "api_key_file": "FILE", "cors_origins": "ORIGIN",
 }  # fmt: skip
-COMMANDS_WITHOUT = {"info": {"host", "port", "workers"}}
+# The ray table's options belong to the ray command (add_ray_arguments), where Ray's replicas
+# take the place of workers.
+COMMANDS_WITHOUT = {
+    "serve": {"ray"},
+    "info": {"host", "port", "workers", "ray"},
+    "ray": {"workers", "ray"},
+}
 GROUP_TITLES: dict[str, str] = {
     "model": "model (what to serve and how to load it)",
     "signature": "signature (the model's inputs and outputs)",
@@ -88,10 +95,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     as_json = args.pop("json", False)
     load = args.pop("load", False)
+    print_config = args.pop("print_config", False)
     for warning in unknown_environment(os.environ):
         sys.stderr.write(f"ptserve: warning: {warning}\n")
     try:
-        settings = Settings(**args)
+        settings = Settings(**_nested(args))
     except ValidationError as exc:
         parser.exit(2, f"ptserve: invalid settings:\n{_settings_errors(exc)}\n")
     except (OSError, ValueError) as exc:  # an unreadable or malformed config file
@@ -108,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write("\n")
         if described.refusal is not None:
             parser.exit(1, f"ptserve: serve would refuse it: {described.refusal}\n")
+    elif command == "ray":
+        from ptserve.integrations.ray_serve import RayCommandError, run
+
+        try:
+            run(settings, print_config=print_config)
+        except RayCommandError as exc:
+            parser.exit(exc.exit_code, f"ptserve: {exc}\n")
     else:
         from ptserve.server import serve
 
@@ -156,11 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert_cmd.add_argument("export", type=Path, metavar="EXPORT", help="the export.pkl")
     convert_cmd.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="a new folder")
-    for name, command in (("serve", serve_cmd), ("info", info_cmd)):
+    ray_cmd = commands.add_parser(
+        "ray",
+        help="serve a model as a Ray Serve application",
+        usage="%(prog)s [MODEL_PATH] [options]",
+        description="Serve a model as a Ray Serve application: the same app, in replicas on a "
+        "local or existing Ray cluster. " + SETTINGS_NOTE,
+        allow_abbrev=False,
+    )
+    add_ray_arguments(ray_cmd)
+    for name, command in (("serve", serve_cmd), ("info", info_cmd), ("ray", ray_cmd)):
         groups = setting_groups(command)
         groups["model"].add_argument(
             "model_path",
-            nargs="?" if name == "serve" else None,
+            nargs=None if name == "info" else "?",
             default=argparse.SUPPRESS,
             metavar="MODEL_PATH",
             help=_help("model_path", Settings.model_fields["model_path"]),
@@ -229,6 +253,18 @@ def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.A
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     chosen: argparse.ArgumentParser = commands.choices[command]
     return chosen
+
+
+def _nested(args: dict[str, Any]) -> dict[str, Any]:
+    """``{"ray.num_replicas": 2}`` -> ``{"ray": {"num_replicas": 2}}``: nested tables' options."""
+    nested: dict[str, Any] = {}
+    for key, value in args.items():
+        table, dot, field = key.partition(".")
+        if dot:
+            nested.setdefault(table, {})[field] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -20,6 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ptserve.integrations.ray_settings import RaySettings
 from ptserve.signature import DType
 
 EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
@@ -296,6 +297,11 @@ class Settings(BaseSettings):
         "info",
         description="Log level.",
         group="observability",
+    )
+    ray: RaySettings = Field(
+        default_factory=RaySettings,
+        description="How `ptserve ray` runs the app on Ray Serve: replicas, resources, cluster.",
+        group="server",
     )
 
     @field_validator("input_shape", mode="before")

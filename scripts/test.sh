@@ -26,6 +26,8 @@ python -m pip install -q --disable-pip-version-check --no-deps \
   plum-dispatch==2.9.0 beartype==0.23.1 pandas==3.1.1 python-dateutil==2.9.0.post0
 # ...and what fastai imports at start-up but does not declare for a --no-deps install.
 python -m pip install -q --disable-pip-version-check "matplotlib>=3.8,<4" "requests>=2.31,<3"
+# `ptserve ray` and its tests: Ray Serve (the pin is the ray extra's; it leaves torch alone).
+python -m pip install -q --disable-pip-version-check -e '.[ray]'
 python -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
 
 ruff check .

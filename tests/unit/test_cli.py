@@ -42,7 +42,7 @@ def test_serve_help_is_grouped_with_defaults(capsys: pytest.CaptureFixture[str])
         (
             ["serv"],
             "usage: ptserve [-h] COMMAND",
-            "invalid choice: 'serv' (choose from 'serve', 'info', 'convert') (did you mean serve?)",
+            "invalid choice: 'serv' (choose from 'serve', 'info', 'convert', 'ray') (did you mean serve?)",
         ),
         (
             ["serve", "--input-shap", "3"],
