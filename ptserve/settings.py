@@ -178,6 +178,18 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve the Open Inference Protocol over gRPC on this port, on the same "
+        "host (off when unset; needs the grpc extra).",
+    )
+    grpc_max_message_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="Largest gRPC message received or sent (default 64 MiB: a batch of 100 "
+        "224x224x3 float32 images is 60 MB); bigger ones get RESOURCE_EXHAUSTED.",
+    )
 
     @field_validator("input_shape")
     @classmethod
