@@ -13,7 +13,7 @@ against Triton or KServe too, given a model name. Errors raise ``GrpcInferenceEr
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import grpc
 import numpy as np
@@ -245,10 +245,11 @@ def _options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 def _error(exc: grpc.RpcError) -> GrpcInferenceError:
     """A failed call as an InferenceError (ptserve's code from the trailing metadata)."""
-    assert isinstance(exc, grpc.Call)  # what gRPC raises is both
-    trailers = exc.trailing_metadata() or ()
+    # the blocking client raises an RpcError that is also a Call; grpc.aio an AioRpcError
+    failed = exc if isinstance(exc, aio.AioRpcError) else cast(grpc.Call, exc)
+    trailers = failed.trailing_metadata() or ()
     code = next((str(v) for k, v in trailers if k == ERROR_CODE_KEY), None)
-    return GrpcInferenceError(exc.code(), exc.details() or "", code)
+    return GrpcInferenceError(failed.code(), failed.details() or "", code)
 
 
 def _server_metadata(response: ServerMetadataResponse) -> dict[str, Any]:
