@@ -152,6 +152,26 @@ def test_a_batch_raw_and_typed_equals_http_v2_and_the_model(digits: GrpcServer) 
     client.close()
 
 
+def python_snippet(document: str, heading: str) -> str:
+    text = (REPO_ROOT / document).read_text()
+    return text.split(heading, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_snippets_run(digits: GrpcServer) -> None:
+    triton_snippet = python_snippet("docs/grpc.md", "### tritonclient")
+    namespace: dict[str, Any] = {}
+    exec(triton_snippet.replace("127.0.0.1:8001", digits.target), namespace)
+    assert namespace["logits"].shape == (2, 10)
+    namespace["client"].close()
+    for document, heading in [
+        ("docs/grpc.md", "### ptserve.client"),
+        ("README.md", "### Over gRPC"),
+    ]:
+        ours: dict[str, Any] = {}
+        exec(python_snippet(document, heading).replace("127.0.0.1:8001", digits.target), ours)
+        assert ours["outputs"]["output"].shape == (1, 10), document
+
+
 def wrong_shape() -> dict[str, Any]:
     return {"inputs": [tensor("input", np.zeros((1, 63), np.float32))]}
 
