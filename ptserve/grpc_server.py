@@ -74,14 +74,16 @@ class Exchange:
     """One call's cross-cutting state, from its start to its answer."""
 
     __slots__ = (
-        "call", "code", "http_status", "request_id", "route", "span", "started", "status",
-        "timing",
+        "call", "code", "counted", "http_status", "metadata", "request_id", "route", "span",
+        "started", "status", "timing",
     )  # fmt: skip
 
-    def __init__(self, route: str, call: GrpcCall, request_id: str) -> None:
+    def __init__(self, route: str, call: GrpcCall, metadata: Metadata, request_id: str) -> None:
         self.route = route
         self.call = call
+        self.metadata = metadata
         self.request_id = request_id
+        self.counted = True  # in ptserve_requests_in_flight (a health watch is not)
         self.started = time.perf_counter()
         self.timing = Timing()
         self.span: Any = None
@@ -187,7 +189,7 @@ class GrpcServer:
             timing_token = context.timing.set(exchange.timing)
             try:
                 if protected:
-                    self._authorize(grpc_context)
+                    self._authorize(exchange)
                 response = await handler(request, exchange.call)
             except ServeError as error:
                 await self._abort(exchange, grpc_context, error)
@@ -213,10 +215,10 @@ class GrpcServer:
         protected: bool,
     ) -> Callable[[Any, Context], AsyncIterator[Message]]:
         async def serve(request: Any, grpc_context: Context) -> AsyncIterator[Message]:
-            exchange = self._open(route, request, grpc_context)
+            exchange = self._open(route, request, grpc_context, counted=False)
             try:
                 if protected:
-                    self._authorize(grpc_context)
+                    self._authorize(exchange)
                 async for response in handler(request, exchange.call):
                     yield response
             except ServeError as error:
@@ -233,19 +235,24 @@ class GrpcServer:
 
         return serve
 
-    def _open(self, route: str, request: Any, grpc_context: Context) -> Exchange:
+    def _open(
+        self, route: str, request: Any, grpc_context: Context, counted: bool = True
+    ) -> Exchange:
         metadata: Metadata = grpc_context.invocation_metadata() or ()
-        exchange = Exchange(route, GrpcCall(grpc_context), _request_id(metadata, request))
+        call = GrpcCall(grpc_context)
+        exchange = Exchange(route, call, metadata, _request_id(metadata, request))
         tracing = self.runtime.tracing
         if tracing is not None:
             headers = {k: v for k, v in metadata if isinstance(v, str)}
             exchange.span = tracing.start(headers, time.time_ns())
-        self.runtime.metrics.in_flight.inc()
+        exchange.counted = counted
+        if counted:
+            self.runtime.metrics.in_flight.inc()
         return exchange
 
-    def _authorize(self, grpc_context: Context) -> None:
+    def _authorize(self, exchange: Exchange) -> None:
         assert self.keys is not None
-        key = _presented_key(grpc_context.invocation_metadata() or ())
+        key = _presented_key(exchange.metadata)
         if not self.keys.accepts(key):
             what = "a valid" if key else "an"
             raise Unauthorized(
@@ -272,7 +279,8 @@ class GrpcServer:
     def _close(self, exchange: Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
         runtime = self.runtime
-        runtime.metrics.in_flight.dec()
+        if exchange.counted:
+            runtime.metrics.in_flight.dec()
         key = (exchange.route, exchange.status.name)
         children = self._children.get(key)
         if children is None:

@@ -423,6 +423,7 @@ async def test_health_follows_readiness_and_draining_still_serves() -> None:
                 standard_health.HealthCheckRequest(), timeout=30
             )
             first = await watch.read()
+            watching = (await served.http.get("/metrics")).text
             runtime.draining = True
             async with asyncio.timeout(30):
                 second = await watch.read()
@@ -442,6 +443,8 @@ async def test_health_follows_readiness_and_draining_still_serves() -> None:
     assert (whole.status, inference.status) == (serving, serving)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert (first.status, second.status) == (serving, not_serving)
+    # a watch is a subscription, not a request in flight: only the /metrics request itself is
+    assert "\nptserve_requests_in_flight 1.0\n" in watching
     assert (draining.status, ready, model_ready) == (not_serving, False, True)
     assert list(answered.outputs[0].shape) == [1, 10]
     assert loading.status == not_serving
