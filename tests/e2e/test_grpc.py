@@ -374,9 +374,11 @@ def test_grpc_and_http_requests_share_one_batch(gated: tuple[GrpcServer, Path]) 
     def added(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
 
-    # the held sample's batch, then one batch of the six queued: three over gRPC, three over HTTP
-    assert added("ptserve_batch_size_count", model="gated") == 2
+    # Seven samples: the held one, three over gRPC, three over HTTP. A batch of more than four
+    # must hold both kinds (gRPC's three and the held one are only four): there is one.
     assert added("ptserve_batch_size_sum", model="gated") == 7
+    batches = added("ptserve_batch_size_count", model="gated")
+    assert batches - added("ptserve_batch_size_bucket", model="gated", le="4.0") == 1
     client.close()
 
 
