@@ -23,7 +23,9 @@ class ServerSpec:
     requires: tuple[str, ...] = ()
     predict_path: str = "/predict"
     default: bool = True
-    wire: Literal["json", "v2-binary"] = "json"
+    # json: POST the JSON body (wrk); v2-binary: the OIP binary body (wrk); grpc: ModelInfer with
+    # raw contents on the server's --grpc-port (bench/grpc_load.py), ready when HTTP answers
+    wire: Literal["json", "v2-binary", "grpc"] = "json"
     # Stop by signalling the leader only (it stops its children in order), allowing this long.
     stop_leader_only: bool = False
     stop_timeout_s: float | None = None
@@ -201,7 +203,20 @@ def all_servers() -> tuple[ServerSpec, ...]:
         )
         for replicas in (1, 2)
     )
-    return (*fixed, *ptserve, *v2, *ray)
+    grpc = tuple(
+        ServerSpec(
+            f"{c.name}-grpc",
+            "model",
+            f"{c.name} over the Open Inference Protocol over gRPC, raw tensors",
+            _ptserve(c),
+            requires=("ptserve", "grpc"),
+            default=c.default,
+            wire="grpc",
+        )
+        for c in PTSERVE_CONFIGS
+        if c.name in ("ptserve", "ptserve-b8t2", "ptserve-fast")
+    )
+    return (*fixed, *ptserve, *v2, *grpc, *ray)
 
 
 def select_servers(names: tuple[str, ...] | None) -> tuple[ServerSpec, ...]:

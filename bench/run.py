@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_results(runs, in_process, options.models, png_path, title)
     sections = [
         ("Servers", start_table(runs)),
-        ("Load (wrk, one sample per request)", load_table(runs)),
+        ("Load (wrk; gRPC: bench/grpc_load.py; one sample per request)", load_table(runs)),
         ("In-process model limit", in_process_table(in_process)) if in_process else None,
         (f"Target ratios ({options.primary})", ratio_table(ratios)),
         (f"Relative to {options.primary}", relative_table(runs, options.primary)),

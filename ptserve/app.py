@@ -81,6 +81,11 @@ def create_app(settings: Settings) -> PtserveApp:
     """Build the app; nothing is loaded until the lifespan starts."""
     runtime = Runtime(settings, tracing=Tracing() if settings.tracing else None)
     keys = KeyStore(settings.api_key_file) if settings.api_key_file is not None else None
+    grpc_server = None
+    if settings.grpc_port is not None:  # the grpc extra, imported only when it is asked for
+        from ptserve.grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(runtime, keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,11 +106,15 @@ def create_app(settings: Settings) -> PtserveApp:
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
+        if grpc_server is not None:
+            await grpc_server.start()
         runtime.ready = True
         try:
             yield
         finally:
             runtime.ready = False
+            if grpc_server is not None:  # calls in flight finish; the batchers still run
+                await grpc_server.stop(settings.drain_timeout_s)
             for served in runtime.models.all():
                 await served.service.stop(settings.drain_timeout_s)
             restore_signals()

@@ -8,6 +8,7 @@ own preprocessing (images, hooks, fastai transforms), the disconnect watch, the 
 deadline, and the per-model request metrics.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ async def run(
             outputs = await service.infer(arrays, timeout, admitted=True)
     except ServeError as error:
         outcome = error.code
+        raise
+    except asyncio.CancelledError:  # the transport gave up on the call (gRPC: client or deadline)
+        outcome = "cancelled"
         raise
     except Exception:
         outcome = "internal_error"

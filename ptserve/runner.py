@@ -92,8 +92,11 @@ class Runner:
         self._executor.shutdown(wait=True)
 
     def _call(self, arrays: Sequence[np.ndarray[Any, Any]]) -> list[torch.Tensor]:
+        # A read-only array (a view of gRPC's immutable bytes) is copied: torch tensors must be
+        # writable, and a model may write to its inputs. Batches of several requests are
+        # concatenated copies already.
         tensors = [
-            torch.from_numpy(a).to(self.device, dtype)
+            torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device, dtype)
             for a, dtype in zip(arrays, self.dtypes, strict=True)
         ]
         return self._flatten(self.model(*tensors))

@@ -304,6 +304,21 @@ class Settings(BaseSettings):
         group="server",
     )
 
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve the Open Inference Protocol over gRPC on this port, on the same "
+        "host (off when unset; needs the grpc extra).",
+        group="server",
+    )
+    grpc_max_message_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="Largest gRPC message received or sent (default 64 MiB: a batch of 100 "
+        "224x224x3 float32 images is 60 MB); bigger ones get RESOURCE_EXHAUSTED.",
+        group="server",
+    )
+
     @field_validator("input_shape", mode="before")
     @classmethod
     def _parse_shapes(cls, value: Any) -> Any:

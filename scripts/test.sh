@@ -19,7 +19,7 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 # requirements.txt pins the CPU torch wheel; without it pip would pick a multi-GB CUDA build.
-python -m pip install -q --disable-pip-version-check -r requirements.txt -e '.[test]'
+python -m pip install -q --disable-pip-version-check -r requirements.txt -e '.[test,grpc]'
 # The fastai extra, with --no-deps: fastai's own requirements would swap torch for a CUDA build.
 python -m pip install -q --disable-pip-version-check --no-deps \
   fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 \

@@ -19,7 +19,12 @@ from typing import TextIO
 import orjson
 
 LOGGER = "ptserve.access"
-QUIET_PREFIXES = ("/health", "/v2/health", "/metrics")
+QUIET_PREFIXES = (
+    "/health", "/v2/health", "/metrics",
+    # gRPC's health calls
+    "/grpc.health.v1.Health/", "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)  # fmt: skip
 BATCH_S = 0.02  # how long the writer gathers lines before a write
 # The JSON log format's fields, in its order (ptserve.observability.logs.JsonFormatter).
 JSON_LINE = (

@@ -112,13 +112,14 @@ class Tally:
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.counts: dict[tuple[str, str, int], int] = {}
+        self.counts: dict[tuple[str, str, int | str], int] = {}
 
-    def count(self, key: tuple[str, str, int]) -> None:
+    def count(self, key: tuple[str, str, int | str]) -> None:
+        """One request answered: (route, method, status: HTTP's, or a gRPC code's name)."""
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
 
-    def take(self) -> dict[tuple[str, str, int], int]:
+    def take(self) -> dict[tuple[str, str, int | str], int]:
         """The counts since the last call."""
         counts, self.counts = self.counts, {}
         return counts
