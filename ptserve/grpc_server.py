@@ -284,9 +284,8 @@ class GrpcServer:
         tally.count((exchange.route, "grpc", exchange.status.name))
         histogram = self._durations.get(exchange.route)
         if histogram is None:
-            histogram = self._durations[exchange.route] = (
-                runtime.metrics.request_seconds.labels(exchange.route, "grpc")
-            )
+            histogram = runtime.metrics.request_seconds.labels(exchange.route, "grpc")
+            self._durations[exchange.route] = histogram
         histogram.observe(elapsed)
         if not tally.in_flight:  # idle: publish now (under load, the timer does)
             runtime.metrics.publish()
