@@ -81,3 +81,12 @@ class FileGatedNet(nn.Module):
             while not gate.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
         return x * 1.0
+
+
+class SlowNet(nn.Module):
+    """Identity on 2 values that takes 20 ms a batch, in a sleep that releases the GIL as a
+    compute-heavy model's kernels would: a server with a known, small capacity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return x * 1.0
