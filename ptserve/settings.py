@@ -15,7 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from ptserve.signature import DType
+from ptserve.dtypes import DType
 
 EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
 ModelFormat = Literal["pickle", "state_dict", "safetensors", "torchscript", "export", "fastai"]
