@@ -109,11 +109,12 @@ def wait_until_serving(
 
 
 def stop_server(server: ServerProcess, timeout_s: float) -> bool:
-    """SIGTERM the whole process group, SIGKILL what is left after ``timeout_s``.
+    """SIGINT the whole process group (as Ctrl-C: ptserve drains without the delay SIGTERM
+    gives load balancers), SIGKILL what is left after ``timeout_s``.
 
-    Returns True when the group ended on SIGTERM alone.
+    Returns True when the group ended on SIGINT alone.
     """
-    _signal_group(server.pgid, signal.SIGTERM)
+    _signal_group(server.pgid, signal.SIGINT)
     graceful = _wait_group_gone(server, timeout_s)
     if not graceful:
         _signal_group(server.pgid, signal.SIGKILL)

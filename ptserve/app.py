@@ -19,7 +19,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ptserve.drain import install_drain
 from ptserve.errors import InvalidInput, ModelLoadError, ServeError
 from ptserve.middleware import ApiKeys, BodyLimit, RequestContext
 from ptserve.observability.logs import setup_logging
@@ -33,7 +32,6 @@ from ptserve.service import InferenceService
 from ptserve.settings import Settings
 
 log = logging.getLogger("ptserve")
-WORKER_SETTINGS_ENV = "_PTSERVE_WORKER_SETTINGS"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -53,7 +51,6 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         service.start_batching()
-        restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
         runtime.ready = True
@@ -62,7 +59,6 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             runtime.ready = False
             await service.stop()
-            restore_signals()
             mark_worker_dead()
             gc.unfreeze()  # an app in a longer-lived process (tests) leaves nothing pinned
 
@@ -110,11 +106,6 @@ def configure_threads(settings: Settings) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
         torch.set_num_interop_threads(1)
-
-
-def app_from_environment() -> FastAPI:
-    """Factory for ``--workers N``: each worker process rebuilds the parent's settings."""
-    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
 
 
 async def _serve_error(request: Request, exc: Exception) -> Response:

@@ -22,10 +22,8 @@ class Runtime:
     tracing: Tracing | None = None
 
     def serving(self, name: str | None = None) -> InferenceService:
-        """The service (named ``name``, when given); 503 while loading or draining, 404 for an
-        unknown name."""
-        if self.draining:
-            raise NotReady("the server is shutting down; retry on another instance")
+        """The service (named ``name``, when given); 503 while loading, 404 for an unknown
+        name. A draining server still serves: only its readiness is 503 (``check_ready``)."""
         if self.service is None or not self.ready:
             raise NotReady("the model is not ready; try again shortly")
         if name is not None and name != self.service.name:
@@ -33,6 +31,12 @@ class Runtime:
                 f"no model named {name!r}; this server serves {self.service.name!r}"
             )
         return self.service
+
+    def check_ready(self) -> None:
+        """503 while loading or draining (load balancers stop routing here), else nothing."""
+        if self.draining:
+            raise NotReady("the server is shutting down; retry on another instance")
+        self.serving()
 
     def check_live(self) -> None:
         """503 when the batch loop has crashed: the process cannot make progress, and a restart

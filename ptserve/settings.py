@@ -163,8 +163,36 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (none: CORS off)."
     )
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, how long to keep accepting and serving new requests normally "
+        "(readiness already 503) while load balancers stop routing here; 0 skips it, and so "
+        "does SIGINT.",
+    )
     drain_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long to let accepted work finish."
+        30.0,
+        ge=0,
+        description="Once the server stops accepting, how long accepted requests may take to "
+        "finish before they are cut off.",
+    )
+    keep_alive_s: PositiveInt = Field(
+        5,
+        description="Idle kept-alive connections are closed after this many seconds; behind a "
+        "load balancer that reuses connections, make it longer than the balancer's idle "
+        "timeout.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening or of the request's first byte; else 408 and the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's whole body must arrive within this many seconds of its "
+        "headers; else 408 and the connection closes.",
     )
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
     access_log: bool = Field(True, description="Log one line per request.")

@@ -79,3 +79,12 @@ class FileGatedNet(nn.Module):
             while not gate.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
         return x * 1.0
+
+
+class SleepyNet(nn.Module):
+    """Identity on 2 values that takes 20 ms a batch (sleeping, as a big model releases the
+    GIL), so that requests are queued and in the model when a test signals the server."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return x * 1.0

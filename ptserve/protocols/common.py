@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +61,8 @@ class HotPath:
                         response = await route.endpoint(Request(scope, receive))
                     except ServeError as error:
                         response = error.response()
+                    except ClientDisconnect:  # gone (or cut off) while its body was arriving
+                        response = ClientDisconnected("the client left mid-body").response()
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)

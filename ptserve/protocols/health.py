@@ -21,7 +21,7 @@ async def live(request: Request) -> dict[str, str]:
 async def ready(request: Request) -> dict[str, str]:
     """The model is loaded and warmed up; 503 otherwise."""
     runtime = request.app.state.runtime
-    runtime.serving()
+    runtime.check_ready()
     runtime.check_live()
     return {"status": "ready"}
 

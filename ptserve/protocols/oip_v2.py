@@ -82,7 +82,7 @@ async def server_live(request: Request) -> dict[str, bool]:
 
 async def server_ready(request: Request) -> dict[str, bool]:
     """The model is loaded and warmed up; 503 otherwise."""
-    request.app.state.runtime.serving()
+    request.app.state.runtime.check_ready()
     return {"ready": True}
 
 
@@ -104,6 +104,7 @@ async def model_metadata(name: str, request: Request) -> dict[str, Any]:
 
 async def model_ready(name: str, request: Request) -> dict[str, Any]:
     """The model is ready for inference; 503 while loading or draining."""
+    request.app.state.runtime.check_ready()
     return {"name": _service(request).name, "ready": True}
 
 
