@@ -131,8 +131,11 @@ class Supervisor:
             if not worker.process.is_alive():
                 self._reap(worker)
                 continue
+            was_started = worker.started
             worker.check()
             self.served |= worker.started
+            if self.serving and worker.started and not was_started:
+                log.info("worker [%d] serving; %d workers up", worker.pid, len(self.workers))
             if worker.hung():
                 log.error("worker [%d] silent for %.0fs; killing it", worker.pid, HUNG_AFTER_S)
                 worker.process.kill()

@@ -10,9 +10,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 
+T = TypeVar("T")
 ANSWER_TIMEOUT_S = 60.0  # hang guard for one answer
 WAIT_GUARD_S = 60.0  # hang guard for a server to change state
 
@@ -102,6 +104,20 @@ def wait_for(what: str, check: Callable[[], bool], guard_s: float = WAIT_GUARD_S
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting for {what} after {guard_s:.0f}s")
         time.sleep(0.01)  # poll interval
+
+
+def wait_for_value(what: str, get: Callable[[], T | None], guard_s: float = WAIT_GUARD_S) -> T:
+    """Poll ``get`` until it gives something; fail after ``guard_s`` (a hang guard)."""
+    found: list[T] = []
+
+    def got() -> bool:
+        value = get()
+        if value is not None:
+            found.append(value)
+        return value is not None
+
+    wait_for(what, got, guard_s)
+    return found[0]
 
 
 def not_ready(client: httpx.Client) -> bool:
