@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from ptserve.connections import ConnectionRules, DeadlineProtocol, ServingState
 
@@ -139,9 +140,21 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and not self.supervised:
-            name = sockets[0].getsockname() if sockets else (self.config.host, self.config.port)
-            log.info("serving on http://%s:%d (Ctrl-C to stop)", name[0], name[1])
+        if not self.started:
+            return
+        if not all(map(listening, sockets or [])):
+            # The port was bound early; another server listened on it meanwhile (uvloop drops
+            # the error of listen() and closes the socket).
+            self.started = False
+            log.error(
+                "ptserve: cannot listen on %s:%d: another server listens there now",
+                self.config.host, self.config.port,
+            )  # fmt: skip
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        if not self.supervised:
+            host, port = sockets[0].getsockname()[:2] if sockets else (self.config.host, 0)
+            log.info("serving on http://%s:%d (Ctrl-C to stop)", host, port)
 
     def _begin_drain(self, sig: int) -> None:
         self.on_drain()
@@ -232,6 +245,14 @@ class DrainingServer(uvicorn.Server):
             connection.transport.close()
         for task in list(self.state.tasks):
             task.cancel()
+
+
+def listening(sock: socket.socket) -> bool:
+    """Whether ``sock`` is open and listening."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 def exit_interrupted(sig: int) -> NoReturn:

@@ -2,6 +2,7 @@
 holds which client connection, and memory."""
 
 import contextlib
+import os
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -19,6 +20,15 @@ def children(pid: int) -> list[int]:
             if fields[0] != "Z" and int(fields[1]) == pid:
                 found.append(int(entry.name))
     return sorted(found)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still running."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def workers(parent: int) -> list[int]:
