@@ -3,21 +3,11 @@
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import running_ptserve
+from tests.e2e.traffic import metric
 
 DIGIT = {"instances": [[0.0] * 64]}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels``."""
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and labels.items() <= s.labels.items()
-    )
 
 
 def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:

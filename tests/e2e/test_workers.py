@@ -15,8 +15,14 @@ import torch
 from tests import nets
 from tests.e2e.conftest import CLI_TIMEOUT_S, Server, running_ptserve
 from tests.e2e.processes import owner, workers
-from tests.e2e.test_operations import metric
-from tests.e2e.traffic import RawConnection, clients, post_bytes, wait_for, wait_for_value
+from tests.e2e.traffic import (
+    RawConnection,
+    clients,
+    in_flight,
+    post_bytes,
+    wait_for,
+    wait_for_value,
+)
 
 MAX_CONNECTIONS = 40  # to find connections held by each worker
 GIL_HOLD_S = 6.0  # longer than uvicorn's 5 s worker health check
@@ -24,12 +30,6 @@ GIL_HOLD_S = 6.0  # longer than uvicorn's 5 s worker health check
 
 def port_of(server: Server) -> int:
     return int(server.base_url.rsplit(":", 1)[1])
-
-
-def in_flight(base_url: str) -> float:
-    """The summed in-flight gauge, less the /metrics request itself."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    return metric(text, "ptserve_requests_in_flight") - 1
 
 
 def workers_serving(server: Server) -> list[int]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 ANSWER_TIMEOUT_S = 60.0  # hang guard for one answer
@@ -118,6 +119,22 @@ def wait_for_value(what: str, get: Callable[[], T | None], guard_s: float = WAIT
 
     wait_for(what, got, guard_s)
     return found[0]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+def in_flight(base_url: str) -> float:
+    """The server's in-flight gauge (summed over workers), less the /metrics request itself."""
+    text = httpx.get(f"{base_url}/metrics", timeout=ANSWER_TIMEOUT_S).text
+    return metric(text, "ptserve_requests_in_flight") - 1
 
 
 def not_ready(client: httpx.Client) -> bool:
