@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from ptserve.errors import ModelLoadError
 from ptserve.loading.detect import pickle_globals
+from ptserve.loading.mapped import map_export_weights
 from ptserve.loading.safety import resolve_allowed
 from ptserve.settings import Settings
 from ptserve.signature import Signature, spec_from_tensor
@@ -25,7 +26,8 @@ def load_pickle(path: Path, settings: Settings) -> Loaded:
     """A whole pickled nn.Module, unpickled with torch's weights-only loader and our allowlist."""
     if settings.trust_pickle:
         log.warning("loading %s with --trust-pickle: the file can run any code", path)
-        return _module(path, torch.load(path, weights_only=False, map_location="cpu")), None
+        whole = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
+        return _module(path, whole), None
     trusted = [*settings.trust_modules, *_class_module(settings)]
     try:
         allowed = resolve_allowed(pickle_globals(path), trusted, str(path))
@@ -83,6 +85,7 @@ def load_torchscript(path: Path, settings: Settings) -> Loaded:
 def load_export(path: Path, settings: Settings) -> Loaded:
     """A torch.export program (.pt2); its input specs become the signature."""
     program = torch.export.load(path)
+    map_export_weights(program, path)  # shared by --workers instead of one copy each
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     specs = []
     for name in program.graph_signature.user_inputs:
