@@ -88,3 +88,14 @@ class SleepyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(0.02)
         return x * 1.0
+
+
+class Wide(nn.Module):
+    """``layers`` Linear(1024, 1024): 4 MiB of weights a layer, for memory tests."""
+
+    def __init__(self, layers: int = 4, width: int = 1024) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(nn.Linear(width, width) for _ in range(layers)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
