@@ -174,7 +174,7 @@ class DrainingServer(uvicorn.Server):
         """Stop accepting, let every begun request finish (up to the drain timeout), then run
         the app's lifespan shutdown. Replaces uvicorn's, which closes every connection that
         has not yet sent a whole request."""
-        self._close_listeners(sockets or [])
+        await self._close_listeners(sockets or [])
         connections, tasks = self.state.connections, self.state.tasks
         close_idle = self.stop_signal != signal.SIGTERM
         for connection in list(connections):
@@ -203,29 +203,27 @@ class DrainingServer(uvicorn.Server):
         else:
             await shutdown
 
-    def _close_listeners(self, sockets: list[socket.socket]) -> None:
+    async def _close_listeners(self, sockets: list[socket.socket]) -> None:
         """Close the listening sockets, first taking the connections the kernel has completed
         but the loop has not accepted yet: closing would reset them."""
-        assert self.loop is not None
+        pending: list[socket.socket] = []
         for sock in sockets:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # BlockingIOError: none left
                 sock.setblocking(False)
                 while True:
-                    accepted, _ = sock.accept()
-                    self.loop.create_task(self._adopt(accepted))
+                    pending.append(sock.accept()[0])
         for server in self.servers:
             server.close()
         for sock in sockets:
             sock.close()
-
-    async def _adopt(self, sock: socket.socket) -> None:
-        config = self.config
-        await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.state, app_state=self.lifespan.state
-            ),
-            sock,
-        )
+        config, loop = self.config, asyncio.get_running_loop()
+        for accepted in pending:
+            await loop.connect_accepted_socket(
+                lambda: config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.state, app_state=self.lifespan.state
+                ),
+                accepted,
+            )
 
     def _in_progress(self) -> int:
         """Requests begun (arriving, in the app, or being answered) and not yet answered."""
