@@ -185,6 +185,7 @@ class Supervisor:
             worker.order(sig)
 
     def _reap(self, worker: Worker) -> None:
+        worker.check()  # an answer it sent before it died says whether it had started
         worker.process.join()
         self.workers.remove(worker)
         mark_worker_dead(worker.pid)  # its in-flight and queue gauges must not outlive it
