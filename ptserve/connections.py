@@ -7,8 +7,8 @@ within ``header_timeout_s`` of the connection opening (or of the request's first
 kept-alive connection), and the whole body within ``body_timeout_s`` of the headers. A request
 that misses one gets ``408`` and its connection is closed; a connection that never sent a byte
 is just closed. Time the server itself holds the reading (flow control, a pipelined request
-waiting its turn, ``Expect: 100-continue`` not yet answered) is not the client's: the deadline
-starts again.
+waiting its turn, ``Expect: 100-continue`` not yet answered) is not the client's: once the
+server lets go, the client gets the whole deadline again.
 
 For a drain it adds what uvicorn's shutdown lacks: connections are never cut while a request
 is arriving; once draining, every answer carries ``Connection: close``; after the listener
@@ -29,6 +29,7 @@ from uvicorn.server import ServerState
 
 log = logging.getLogger("ptserve")
 MAX_REQUEST_ID = 128
+HELD_POLL_S = 0.25  # while the server holds the reading, how often a deadline looks again
 
 
 @dataclass
@@ -72,6 +73,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.rules = server_state.rules
         self.deadline: asyncio.TimerHandle | None = None
         self.receiving_head = False  # part of a request line or headers has arrived
+        self.server_held = False  # the server held the reading at the last deadline check
 
     # Connection and parser events (uvicorn's, with the deadlines set and cleared)
 
@@ -127,6 +129,7 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def _arm(self, seconds: float, overdue: Any) -> None:
         self._disarm()
+        self.server_held = False
         self.deadline = self.loop.call_later(seconds, overdue)
 
     def _disarm(self) -> None:
@@ -139,22 +142,34 @@ class DeadlineProtocol(HttpToolsProtocol):
         waiting_for_us = cycle is not None and cycle.waiting_for_100_continue
         return self.flow is not None and (self.flow.read_paused or waiting_for_us)
 
+    def _not_the_clients_fault(self, seconds: float, overdue: Any) -> bool:
+        """Whether the deadline must start again instead of passing: the server holds the
+        reading now (checked again soon), or held it until the last check (then the client
+        gets its whole time from there)."""
+        if self._server_holds_reading():
+            self._arm(min(seconds, HELD_POLL_S), overdue)
+            self.server_held = True
+            return True
+        if self.server_held:
+            self.server_held = False
+            self._arm(seconds, overdue)
+            return True
+        return False
+
     def _head_overdue(self) -> None:
         self.deadline = None
-        if self._server_holds_reading():
-            self._arm(self.rules.header_timeout_s, self._head_overdue)
-        elif self.receiving_head:
+        if self._not_the_clients_fault(self.rules.header_timeout_s, self._head_overdue):
+            return
+        if self.receiving_head:
             self._time_out(f"the request's headers took over {self.rules.header_timeout_s:g} s")
         elif not self.transport.is_closing():  # opened, never used: nobody to answer
             self.transport.close()
 
     def _body_overdue(self) -> None:
         self.deadline = None
-        cycle = self.cycle
-        if self._server_holds_reading():
-            self._arm(self.rules.body_timeout_s, self._body_overdue)
+        if self._not_the_clients_fault(self.rules.body_timeout_s, self._body_overdue):
             return
-        if cycle is not None and cycle.response_started:  # answered without the body
+        if self.cycle is not None and self.cycle.response_started:  # answered without the body
             self.transport.close()
             return
         self._time_out(f"the request's body took over {self.rules.body_timeout_s:g} s")

@@ -31,6 +31,7 @@ from tests.e2e.traffic import (
     RawConnection,
     Tally,
     clients,
+    in_flight,
     not_ready,
     post_bytes,
     refuses_connections,
@@ -169,3 +170,26 @@ def test_control_sigint_closes_idle_connections_and_the_tally_counts_them(
     assert tally.lost("kept-alive, after the stop") == 1, tally.outcomes
     assert tally.lost("half sent, used after the stop") == 0, tally.outcomes  # begun: served
     assert exit_code == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_signal_stops_at_once(tmp_path: Path, workers: int) -> None:
+    """A request held in the model and a drain delay of a minute: only the second SIGTERM can
+    make the server exit before the hang guard, cutting the request off (exit 1)."""
+    torch.save(nets.FileGatedNet(), tmp_path / "held.pt")
+    args = [str(tmp_path / "held.pt"), "--trust-module", "tests.nets", "--input-shape", "2",
+            "--execution", "thread", "--workers", str(workers), "--drain-delay-s", "60"]  # fmt: skip
+    env = {"TEST_GATE_FILE": str(tmp_path / "never")}
+    with running_ptserve(args, tmp_path / "log", env) as server:
+        wait_for("every worker", lambda: workers == 1 or f"with {workers} workers" in server.log())
+        held = RawConnection(int(server.base_url.rsplit(":", 1)[1]))
+        held.send(post_bytes("/predict", {"instances": [[nets.HOLD, 1.0]]}))
+        wait_for("the request in the model", lambda: in_flight(server.base_url) == 1)
+        server.process.send_signal(signal.SIGTERM)
+        wait_for("readiness 503", lambda: "readiness is 503" in server.log())
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=EXIT_GUARD_S / 2)  # the delay alone lasts 60 s
+    assert code == 1, server.log()
+    assert "a second signal: cutting off 1 request(s)" in server.log()
+    with pytest.raises(ConnectionError):
+        held.answer()

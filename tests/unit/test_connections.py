@@ -13,8 +13,8 @@ from ptserve.drain import DrainingServer
 from ptserve.settings import Settings
 
 pytestmark = pytest.mark.anyio
-BODY_TIMEOUT_S = 0.5
-APP_PAUSE_S = 4 * BODY_TIMEOUT_S  # the app reads nothing for this long
+BODY_TIMEOUT_S = 1.0
+APP_PAUSE_S = 3 * BODY_TIMEOUT_S  # the app reads nothing for this long
 BIG = 1_000_000  # far over uvicorn's 64 KiB read buffer: reading pauses until the app reads
 
 
