@@ -19,6 +19,7 @@ arrives first is served), or at once when ``close_idle`` is asked.
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +128,7 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     # Deadlines
 
-    def _arm(self, seconds: float, overdue: Any) -> None:
+    def _arm(self, seconds: float, overdue: Callable[[], None]) -> None:
         self._disarm()
         self.server_held = False
         self.deadline = self.loop.call_later(seconds, overdue)
@@ -142,7 +143,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         waiting_for_us = cycle is not None and cycle.waiting_for_100_continue
         return self.flow is not None and (self.flow.read_paused or waiting_for_us)
 
-    def _not_the_clients_fault(self, seconds: float, overdue: Any) -> bool:
+    def _not_the_clients_fault(self, seconds: float, overdue: Callable[[], None]) -> bool:
         """Whether the deadline must start again instead of passing: the server holds the
         reading now (checked again soon), or held it until the last check (then the client
         gets its whole time from there)."""
