@@ -90,10 +90,11 @@ class RawConnection:
 
 
 def refuses_connections(port: int) -> bool:
-    """Whether nothing listens on ``port`` any more."""
+    """Whether nothing listens on ``port`` any more. A reset counts too: this probe (it polls
+    with a new connection every 10 ms) was in the accept queue at the very moment it closed."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 
