@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests import nets
-from tests.e2e.conftest import CLI_TIMEOUT_S, Server, running_ptserve
+from tests.e2e.conftest import Server, running_ptserve
 from tests.e2e.processes import owner, workers
 from tests.e2e.traffic import (
     RawConnection,
@@ -23,6 +23,7 @@ from tests.e2e.traffic import (
     wait_for,
     wait_for_value,
 )
+from tests.guards import COMMAND_S, hang_guard
 
 MAX_CONNECTIONS = 40  # to find connections held by each worker
 GIL_HOLD_S = 6.0  # longer than uvicorn's 5 s worker health check
@@ -146,7 +147,7 @@ def test_control_the_gil_holder_starves_other_threads_past_uvicorns_health_check
         print(max(b - a for a, b in zip(ticks, ticks[1:])))
         """)
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=hang_guard(COMMAND_S)
     )
     assert float(done.stdout) > 5.0, done
 
