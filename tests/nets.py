@@ -101,3 +101,15 @@ class Wide(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class GatedFailingNet(nn.Module):
+    """GatedNet that also raises on a sample holding -999: a failing batch on cue."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == HOLD).any()):
+            ENTERED.set()
+            GATE.wait(10)
+        if bool((x == -999).any()):
+            raise RuntimeError("marker value seen")
+        return x * 1.0
