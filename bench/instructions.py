@@ -30,13 +30,13 @@ DEFAULT_SERVERS = ("bare-starlette", "bare-fastapi", "textbook", "ptserve", "pts
 COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def count(spec: ServerSpec, flags: list[str], seconds: int, work: Path) -> dict[str, float]:
-    """Instructions and requests of ``spec`` (plus extra ptserve ``flags``) under load."""
+def count(spec: ServerSpec, seconds: int, work: Path) -> dict[str, float]:
+    """Instructions and requests of ``spec`` under load."""
     model = create_model("mlp", work)
     port = free_port()
-    command = spec.command(model, port) + flags
+    command = spec.command(model, port)
     assert command[0] == sys.executable, command
-    valgrind_log = work / f"{spec.name}{'-'.join(flags)}.vg"
+    valgrind_log = work / f"{spec.name}.vg"
     counted = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--log-file={valgrind_log}",
         f"--callgrind-out-file={work}/callgrind.out.%p", *command,
@@ -74,11 +74,9 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.servers:
-            flags = ["--no-access-log"] if name == "ptserve-no-access-log" else []
-            (spec,) = select_servers(("ptserve",) if flags else (name,))
-            results[name] = count(spec, flags, args.seconds, Path(tmp))
-            sys.stderr.write(f"{name}: {results[name]}\n")
+        for spec in select_servers(tuple(args.servers)):
+            results[spec.name] = count(spec, args.seconds, Path(tmp))
+            sys.stderr.write(f"{spec.name}: {results[spec.name]}\n")
     base = results.get("bare-fastapi", {}).get("instructions_per_request")
     rows = ["server                   instructions/request   vs bare-fastapi"]
     for name, row in results.items():
