@@ -1,4 +1,5 @@
-"""create_app(settings) -> the app. The lifespan loads the model once, warms it up, then serves.
+"""create_app(settings) -> the app. The lifespan loads the model(s) once, warms them up, then
+serves; with a repository, ``ptserve.lifecycle`` also loads and swaps versions while serving.
 
 The app is a FastAPI subclass whose outermost layer is ptserve's gateway (``ptserve.gateway``):
 every HTTP request passes it once; inference routes are served there, everything else goes on
@@ -36,14 +37,15 @@ from ptserve.errors import (
     ServeError,
 )
 from ptserve.gateway import ERROR_CODE, Gateway, RouteTable
+from ptserve.lifecycle import Lifecycle
 from ptserve.observability.access import AccessLog
 from ptserve.observability.logs import setup_logging
 from ptserve.observability.metrics import mark_worker_dead
 from ptserve.observability.tracing import Tracing
-from ptserve.protocols import docs, health, oip_v2, page, simple
+from ptserve.protocols import docs, health, oip_v2, page, repository, simple
+from ptserve.repository import is_repository
 from ptserve.runtime import Runtime
 from ptserve.security import KeyStore, open_paths
-from ptserve.service import InferenceService
 from ptserve.settings import Settings
 from ptserve.threads import available_cores
 
@@ -86,36 +88,39 @@ def create_app(settings: Settings) -> PtserveApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level, settings.log_format)
         configure_threads(settings)
-        service = InferenceService.start(settings, runtime.metrics)
-        runtime.models.add(service)
-        runtime.loads += 1
-        # Everything alive now (torch, the model, the app) lives as long as the process: move it
-        # out of the collector's sight. Without this, full collections over those objects took
-        # ~100 ms each under load (measured: MLP p99 at c=64 116 ms -> 17 ms, +25% req/s).
+        lifecycle = runtime.lifecycle = Lifecycle(runtime, on_change=lambda: _stale_schema(app))
+        await lifecycle.start()
+        # Everything alive now (torch, the models, the app) lives as long as the process (or
+        # until a version is swapped out: lifecycle.release_memory): move it out of the
+        # collector's sight. Without this, full collections over those objects took ~100 ms
+        # each under load (measured: MLP p99 at c=64 116 ms -> 17 ms, +25% req/s).
         gc.collect()
         gc.freeze()
-        service.start_batching()
         if settings.access_log:
             runtime.access_log = AccessLog(settings.log_format)
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
         runtime.ready = True
+        if settings.watch:
+            lifecycle.watch()
         try:
             yield
         finally:
             runtime.ready = False
-            for served in runtime.models.all():
-                await served.service.stop(settings.drain_timeout_s)
+            await lifecycle.stop()
             restore_signals()
             if runtime.access_log is not None:
                 runtime.access_log.close()
             mark_worker_dead()
             gc.unfreeze()  # an app in a longer-lived process (tests) leaves nothing pinned
 
+    served = settings.model_path
     app = PtserveApp(
         title="ptserve",
-        summary=f"Serving model {settings.model_name!r}",
+        summary=f"Serving the model repository {served.name!r}"
+        if is_repository(served)
+        else f"Serving model {settings.model_name!r}",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -131,6 +136,7 @@ def create_app(settings: Settings) -> PtserveApp:
     for route in [*simple.routes(runtime), *oip_v2.routes(runtime)]:
         routes.add(route)
     app.include_router(health.router)
+    app.include_router(repository.router)
     simple.install(app)
     oip_v2.install(app)
     docs.install(app, runtime, routes)
@@ -143,6 +149,11 @@ def create_app(settings: Settings) -> PtserveApp:
             allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"],
         )  # fmt: skip
     return app
+
+
+def _stale_schema(app: FastAPI) -> None:
+    """The served models changed: the cached OpenAPI schema describes the old ones."""
+    app.openapi_schema = None
 
 
 def configure_threads(settings: Settings) -> None:

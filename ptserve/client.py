@@ -217,7 +217,7 @@ def _check(response: httpx.Response) -> None:
 
 
 def _only_model(response: httpx.Response) -> str:
-    names = [str(model["name"]) for model in _json(response)["models"]]
+    names = list(dict.fromkeys(str(model["name"]) for model in _json(response)["models"]))
     if len(names) != 1:
         raise ValueError(f"the server serves {len(names)} models; name one with model=")
     return names[0]

@@ -26,7 +26,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PTSERVE_", extra="forbid", frozen=True)
 
-    model_path: Path = Field(EXAMPLE_MODEL, description="The model file to serve.")
+    model_path: Path = Field(
+        EXAMPLE_MODEL,
+        description="The model file to serve, or a model repository folder holding "
+        "NAME/VERSION/FILE (see README).",
+    )
     config: Path | None = Field(None, description="A TOML or YAML file of settings.")
     name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name in URLs (default: file stem)."
@@ -177,6 +181,20 @@ class Settings(BaseSettings):
     workers: PositiveInt = Field(1, description="Server processes sharing the port.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
+    )
+    default_model: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The model POST /predict serves when the repository holds several "
+        "(default: the only model at start-up).",
+    )
+    watch: bool = Field(
+        False,
+        description="Poll the model folder (or file) for new, changed and removed versions; "
+        "load each beside the serving one, then swap it in without a restart.",
+    )
+    watch_interval_s: float = Field(
+        2.0, gt=0, description="How often --watch looks at the folder, in seconds."
     )
 
     @field_validator("input_shape")

@@ -40,36 +40,41 @@ class Metrics:
             "ptserve_requests_in_flight", "Requests being answered", registry=r,
             multiprocess_mode="livesum",
         )  # fmt: skip
+        model = ["model", "version"]
         self.queue_seconds = Histogram(
-            "ptserve_queue_wait_seconds", "Time a sample waited for its batch", ["model"],
+            "ptserve_queue_wait_seconds", "Time a sample waited for its batch", model,
             buckets=LATENCY, registry=r,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "ptserve_batch_size", "Samples per forward pass", ["model"], buckets=SIZES, registry=r
+            "ptserve_batch_size", "Samples per forward pass", model, buckets=SIZES, registry=r
         )
         self.inference_seconds = Histogram(
-            "ptserve_inference_duration_seconds", "Time of one forward pass", ["model"],
+            "ptserve_inference_duration_seconds", "Time of one forward pass", model,
             buckets=LATENCY, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "ptserve_queue_depth", "Samples waiting for a batch", ["model"], registry=r,
+            "ptserve_queue_depth", "Samples waiting for a batch", model, registry=r,
             multiprocess_mode="livesum",
         )  # fmt: skip
         self.load_seconds = Gauge(
-            "ptserve_model_load_seconds", "Time to load, probe and warm up the model", ["model"],
+            "ptserve_model_load_seconds", "Time to load, probe and warm up the model", model,
             registry=r, multiprocess_mode="max",
         )  # fmt: skip
         self.warmup_seconds = Gauge(
-            "ptserve_model_warmup_seconds", "Time of the warm-up passes", ["model"], registry=r,
+            "ptserve_model_warmup_seconds", "Time of the warm-up passes", model, registry=r,
             multiprocess_mode="max",
+        )  # fmt: skip
+        self.loads = Counter(
+            "ptserve_model_loads", "Loads of a model version, by outcome (ok, failed)",
+            [*model, "outcome"], registry=r,
         )  # fmt: skip
         self.inferences = Counter(
             "ptserve_inference_requests", "Inference requests by model, protocol and outcome "
             "(ok, or the error code)", ["model", "version", "protocol", "outcome"], registry=r,
         )  # fmt: skip
         self.info = Gauge(
-            "ptserve_model_info", "The served model (value 1)",
-            ["model", "format", "sha256", "device"], registry=r, multiprocess_mode="max",
+            "ptserve_model_info", "A served model version (value 1)",
+            [*model, "format", "sha256", "device"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
     def for_model(self, name: str, version: str) -> "ModelMetrics":
@@ -85,16 +90,45 @@ class Metrics:
 
 
 class ModelMetrics:
-    """One model's batching metrics; the batcher reports to it (see batching.BatchObserver)."""
+    """One model version's metrics; the batcher reports to it (see batching.BatchObserver)."""
 
     def __init__(self, metrics: Metrics, name: str, version: str) -> None:
-        self.queue_seconds = metrics.queue_seconds.labels(name)
-        self.batch_size = metrics.batch_size.labels(name)
-        self.inference_seconds = metrics.inference_seconds.labels(name)
-        self.depth = metrics.queue_depth.labels(name)
+        self.metrics = metrics
+        self.queue_seconds = metrics.queue_seconds.labels(name, version)
+        self.batch_size = metrics.batch_size.labels(name, version)
+        self.inference_seconds = metrics.inference_seconds.labels(name, version)
+        self.depth = metrics.queue_depth.labels(name, version)
         self._inferences = metrics.inferences
         self._labels = (name, version)
         self._counters: dict[tuple[str, str], Counter] = {}
+        self.info_labels: tuple[str, ...] | None = None
+
+    def loaded(
+        self, fmt: str, sha256: str, device: str, load_seconds: float, warmup_seconds: float
+    ) -> None:
+        """The version is loaded and warm: its start-up costs and its info line."""
+        metrics, labels = self.metrics, self._labels
+        metrics.load_seconds.labels(*labels).set(load_seconds)
+        metrics.warmup_seconds.labels(*labels).set(warmup_seconds)
+        self.info_labels = (*labels, fmt, sha256, device)
+        metrics.info.labels(*self.info_labels).set(1)
+
+    def forget(self, successor: "ModelMetrics | None") -> None:
+        """The version is no longer served: drop its gauges (the ones a ``successor`` of the
+        same name and version does not share). Counters and histograms keep its history. Set
+        to 0 first: with several workers a removed gauge lingers in the shared files."""
+        metrics, labels = self.metrics, self._labels
+        gauges: list[tuple[Gauge, tuple[str, ...]]] = [] if successor is not None else [
+            (metrics.queue_depth, labels), (metrics.load_seconds, labels),
+            (metrics.warmup_seconds, labels),
+        ]  # fmt: skip
+        if self.info_labels is not None and (
+            successor is None or successor.info_labels != self.info_labels
+        ):
+            gauges.append((metrics.info, self.info_labels))
+        for gauge, values in gauges:
+            gauge.labels(*values).set(0)
+            gauge.remove(*values)
 
     def count(self, protocol: str, outcome: str) -> None:
         """One inference request answered (``outcome``: ok, or its error code)."""
