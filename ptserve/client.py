@@ -45,7 +45,9 @@ class InferenceError(Exception):
 
 class Client:
     """A blocking client for one model. ``model``: its name (default: the one model the server
-    serves, from ptserve's ``GET /models``). ``transport``: an httpx transport, e.g. for tests."""
+    serves, from ptserve's ``GET /models``); ``version``: one of its versions (default: the
+    server's choice, ptserve's highest served one). ``transport``: an httpx transport, e.g. for
+    tests."""
 
     def __init__(
         self,
@@ -55,8 +57,10 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        version: str | None = None,
     ) -> None:
         self.model = model
+        self.version = version
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
@@ -71,7 +75,9 @@ class Client:
 
     def ready(self) -> bool:
         """Whether the model (the server, when no model was named) is ready for inference."""
-        path = f"{_model_path(self.model)}/ready" if self.model else "/v2/health/ready"
+        path = (
+            f"{_model_path(self.model, self.version)}/ready" if self.model else "/v2/health/ready"
+        )
         try:
             return self._http.get(path).status_code == 200
         except httpx.TransportError:
@@ -83,7 +89,7 @@ class Client:
 
     def metadata(self) -> dict[str, Any]:
         """The model's name, versions, platform, inputs and outputs."""
-        return _json(self._http.get(_model_path(self._model())))
+        return _json(self._http.get(_model_path(self._model(), self.version)))
 
     def infer(self, inputs: Inputs, outputs: Sequence[str] | None = None) -> dict[str, Array]:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
@@ -92,7 +98,7 @@ class Client:
             self._inputs = _input_datatypes(self.metadata())
         body, length = _encode(inputs, outputs, self._inputs)
         response = self._http.post(
-            f"{_model_path(self._model())}/infer",
+            f"{_model_path(self._model(), self.version)}/infer",
             content=body,
             headers={HEADER_LENGTH: str(length)},
         )
@@ -131,8 +137,10 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        version: str | None = None,
     ) -> None:
         self.model = model
+        self.version = version
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
@@ -147,7 +155,9 @@ class AsyncClient:
 
     async def ready(self) -> bool:
         """Whether the model (the server, when no model was named) is ready for inference."""
-        path = f"{_model_path(self.model)}/ready" if self.model else "/v2/health/ready"
+        path = (
+            f"{_model_path(self.model, self.version)}/ready" if self.model else "/v2/health/ready"
+        )
         try:
             return (await self._http.get(path)).status_code == 200
         except httpx.TransportError:
@@ -159,7 +169,7 @@ class AsyncClient:
 
     async def metadata(self) -> dict[str, Any]:
         """The model's name, versions, platform, inputs and outputs."""
-        return _json(await self._http.get(_model_path(await self._model())))
+        return _json(await self._http.get(_model_path(await self._model(), self.version)))
 
     async def infer(self, inputs: Inputs, outputs: Sequence[str] | None = None) -> dict[str, Array]:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
@@ -168,7 +178,7 @@ class AsyncClient:
             self._inputs = _input_datatypes(await self.metadata())
         body, length = _encode(inputs, outputs, self._inputs)
         response = await self._http.post(
-            f"{_model_path(await self._model())}/infer",
+            f"{_model_path(await self._model(), self.version)}/infer",
             content=body,
             headers={HEADER_LENGTH: str(length)},
         )
@@ -195,8 +205,8 @@ class AsyncClient:
         return self.model
 
 
-def _model_path(model: str | None) -> str:
-    return f"/v2/models/{model}"
+def _model_path(model: str | None, version: str | None) -> str:
+    return f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
