@@ -63,6 +63,7 @@ class Lifecycle:
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._retired = False  # a version was retired: its memory waits for release_memory
         self._torch_threads = self.settings.torch_threads
 
     async def start(self) -> None:
@@ -111,6 +112,7 @@ class Lifecycle:
             self.unloaded.discard(name)
             failures = await self._bring(name, found, retry=True)
             self._applied[name] = fingerprint(found)
+            self._release()
             return failures
 
     async def unload(self, name: str) -> None:
@@ -121,6 +123,7 @@ class Lifecycle:
                 raise ModelNotFound(f"no model named {name!r}")
             self.unloaded.add(name)
             await self._serve(name, {})
+            self._release()
             log.info("model %r unloaded", name)
 
     async def rescan(self) -> None:
@@ -270,8 +273,7 @@ class Lifecycle:
         self.on_change()
         for served in old:
             await self._retire(served, versions.get(served.service.version))
-        if old:
-            release_memory()
+            self._retired = True
 
     async def _retire(self, served: Served, successor: Served | None) -> None:
         """Let an old version finish what it accepted, then stop it and drop its gauges."""
@@ -290,6 +292,12 @@ class Lifecycle:
             self._explain()
         service.metrics.forget(successor.service.metrics if successor is not None else None)
         log.info("model %r version %s released", service.name, service.version)
+
+    def _release(self) -> None:
+        """Collect what retired versions left, once nothing of the change refers to them."""
+        if self._retired:
+            self._retired = False
+            release_memory()
 
     def _served_as_is(self, found: ModelSource, version: str) -> bool:
         key = (found.name, version)
@@ -349,6 +357,7 @@ class Lifecycle:
                             continue
                         await self._bring(name, found.get(name), retry=False)
                         self._applied[name] = state
+                    self._release()
             except Exception:
                 log.exception("applying a change in %s failed", self.settings.model_path)
             previous = now

@@ -1,10 +1,14 @@
-"""Model repositories for tests: folders of real saved models, one version at a time."""
+"""Model repositories for tests: folders of real saved models, one version at a time, and the
+requests that reach them."""
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from ptserve.settings import EXAMPLE_MODEL
@@ -76,3 +80,27 @@ def reference(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
     """What ``model`` computes in-process for ``inputs``."""
     with torch.inference_mode():
         return model(torch.from_numpy(inputs.astype(np.float32))).numpy()
+
+
+def v2_request(inputs: np.ndarray) -> dict[str, Any]:
+    data = inputs.reshape(-1).tolist()
+    return {
+        "inputs": [{"name": "input", "shape": list(inputs.shape), "datatype": "FP32", "data": data}]
+    }
+
+
+def v2_outputs(response: httpx.Response) -> tuple[str, np.ndarray]:
+    """The answering version and the first output."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    output = body["outputs"][0]
+    return body["model_version"], np.array(output["data"], np.float32).reshape(output["shape"])
+
+
+def metric(text: str, name: str, **labels: str) -> list[float]:
+    return [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]

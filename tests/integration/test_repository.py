@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -23,37 +22,16 @@ from tests.repos import (
     copy_labels,
     digits_variant,
     marked_net,
+    metric,
     reference,
     tiny_variant,
+    v2_outputs,
+    v2_request,
     write_config,
 )
 
 pytestmark = pytest.mark.anyio
 ZEROS = np.zeros((1, 4), np.float32)
-
-
-def v2_request(inputs: np.ndarray) -> dict[str, Any]:
-    data = inputs.reshape(-1).tolist()
-    return {
-        "inputs": [{"name": "input", "shape": list(inputs.shape), "datatype": "FP32", "data": data}]
-    }
-
-
-def v2_outputs(response: httpx.Response) -> tuple[str, np.ndarray]:
-    """The answering version and the first output."""
-    assert response.status_code == 200, response.text
-    body = response.json()
-    output = body["outputs"][0]
-    return body["model_version"], np.array(output["data"], np.float32).reshape(output["shape"])
-
-
-def metric(text: str, name: str, **labels: str) -> list[float]:
-    return [
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and labels.items() <= s.labels.items()
-    ]
 
 
 def build_two_models(root: Path) -> dict[str, dict[int, nn.Module]]:

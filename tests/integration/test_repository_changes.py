@@ -15,8 +15,15 @@ import torch
 
 from tests import nets
 from tests.conftest import serving, serving_app
-from tests.integration.test_repository import metric, v2_outputs, v2_request
-from tests.repos import add_broken_version, add_version, marked_net, write_config
+from tests.repos import (
+    add_broken_version,
+    add_version,
+    marked_net,
+    metric,
+    v2_outputs,
+    v2_request,
+    write_config,
+)
 
 pytestmark = pytest.mark.anyio
 ZEROS = np.zeros((1, 4), np.float32)
@@ -319,3 +326,18 @@ async def test_the_access_log_names_the_answering_version(
         await answer(client)
     lines = [line for line in capsys.readouterr().err.splitlines() if '"ptserve.access"' in line]
     assert any('"model":"m","model_version":"4"' in line for line in lines)
+
+
+async def test_with_several_workers_the_api_refuses_to_change_one_of_them(tmp_path: Path) -> None:
+    add_version(tmp_path, "m", 1, marked_net(1))
+    async with serving(tmp_path, workers=2) as client:  # in-process: the setting only
+        load = await client.post("/v2/repository/models/m/load")
+        unload = await client.post("/v2/repository/models/m/unload")
+        index = await client.post("/v2/repository/index")
+        still = await answer(client)
+    for refused in (load, unload):
+        assert refused.status_code == 409
+        assert refused.json()["code"] == "control_unavailable"
+        assert "Use --watch" in refused.json()["error"]
+    assert index.status_code == 200
+    assert still == ("1", 1.0)
