@@ -75,7 +75,10 @@ class Lifecycle:
                 f"{settings.model_path}: the name setting names a single model file's model; "
                 "in a repository each model's folder gives its name"
             )
-        self.found = await to_thread.run_sync(scan, settings)
+        try:
+            self.found = await to_thread.run_sync(scan, settings)
+        except OSError as exc:
+            raise ModelLoadError(f"{settings.model_path}: cannot read it ({exc})") from None
         if not self.found and not settings.watch:
             raise ModelLoadError(
                 f"{settings.model_path}: the repository holds no model folders "
@@ -139,11 +142,7 @@ class Lifecycle:
                 continue  # its failure says why
             selected = found.policy.select(found.versions)
             for v in found.versions:
-                why = (
-                    "not loaded"
-                    if v in selected
-                    else (f"not selected by the version policy ({found.policy.describe()})")
-                )
+                why = "not loaded" if v in selected else _outside(found)
                 rows[(name, str(v))] = ("UNAVAILABLE", "unloaded" if name in self.unloaded else why)
         rows.update({key: ("UNAVAILABLE", reason) for key, (_, reason) in self.failed.items()})
         rows.update({key: ("UNLOADING", "finishing its requests") for key in self.retiring})
@@ -312,12 +311,8 @@ class Lifecycle:
         reasons: dict[Key, str] = {}
         for name, found in self.found.items():
             if isinstance(found, ModelSource):
-                policy = found.policy
-                left = set(found.versions) - set(policy.select(found.versions))
-                reasons.update(
-                    {(name, str(v)): f"not served under its version policy ({policy.describe()})"
-                     for v in left}
-                )  # fmt: skip
+                left = set(found.versions) - set(found.policy.select(found.versions))
+                reasons.update({(name, str(v)): _outside(found) for v in left})
         reasons.update({key: reason for key, (_, reason) in self.failed.items()})
         reasons.update({key: "loading" for key in self.loading})
         reasons.update(
@@ -385,3 +380,7 @@ def release_memory() -> None:
 def _index_order(row: tuple[Key, tuple[str, str]]) -> tuple[str, int, str]:
     (name, version), _ = row
     return name, int(version) if version.isdigit() else 0, version
+
+
+def _outside(found: ModelSource) -> str:
+    return f"not served under its version policy ({found.policy.describe()})"

@@ -79,7 +79,8 @@ def copy_labels(root: Path, name: str) -> None:
 def reference(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
     """What ``model`` computes in-process for ``inputs``."""
     with torch.inference_mode():
-        return model(torch.from_numpy(inputs.astype(np.float32))).numpy()
+        outputs: np.ndarray = model(torch.from_numpy(inputs.astype(np.float32))).numpy()
+    return outputs
 
 
 def v2_request(inputs: np.ndarray) -> dict[str, Any]:

@@ -105,10 +105,10 @@ async def test_two_models_and_two_versions_answer_through_every_protocol(tmp_pat
     assert latest["batching"]["max_batch_size"] == 32  # the server's: tiny sets none
     assert v2_meta["versions"] == ["2", "1"]
     for name in models:
-        for version in ("1", "2"):
-            assert metric(metrics, "ptserve_model_info", model=name, version=version) == [1.0]
-            assert metric(metrics, "ptserve_model_loads_total", model=name, version=version) == [1]
-            counted = metric(metrics, "ptserve_batch_size_count", model=name, version=version)
+        for label in ("1", "2"):
+            assert metric(metrics, "ptserve_model_info", model=name, version=label) == [1.0]
+            assert metric(metrics, "ptserve_model_loads_total", model=name, version=label) == [1]
+            counted = metric(metrics, "ptserve_batch_size_count", model=name, version=label)
             assert counted[0] >= 2  # JSON and binary V2 at least
 
 
