@@ -48,6 +48,7 @@ from ptserve.runtime import Runtime
 from ptserve.security import KeyStore, open_paths
 from ptserve.settings import Settings
 from ptserve.threads import available_cores
+from ptserve.watch import Watcher
 
 log = logging.getLogger("ptserve")
 WORKER_SETTINGS_ENV = "_PTSERVE_WORKER_SETTINGS"
@@ -91,7 +92,7 @@ def create_app(settings: Settings) -> PtserveApp:
         lifecycle = runtime.lifecycle = Lifecycle(runtime, on_change=lambda: _stale_schema(app))
         await lifecycle.start()
         # Everything alive now (torch, the models, the app) lives as long as the process (or
-        # until a version is swapped out: lifecycle.release_memory): move it out of the
+        # until a version is swapped out: memory.release_memory): move it out of the
         # collector's sight. Without this, full collections over those objects took ~100 ms
         # each under load (measured: MLP p99 at c=64 116 ms -> 17 ms, +25% req/s).
         gc.collect()
@@ -102,12 +103,15 @@ def create_app(settings: Settings) -> PtserveApp:
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
         runtime.ready = True
-        if settings.watch:
-            lifecycle.watch()
+        watcher = Watcher(lifecycle) if settings.watch else None
+        if watcher is not None:
+            watcher.start()
         try:
             yield
         finally:
             runtime.ready = False
+            if watcher is not None:
+                await watcher.stop()
             await lifecycle.stop()
             restore_signals()
             if runtime.access_log is not None:

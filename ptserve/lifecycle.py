@@ -9,38 +9,49 @@ its folder holds (``repository.scan``) under its version policy:
 2. the model's set of versions is swapped in the registry in one reference assignment, so each
    request reaches either the old set or the new one;
 3. each version no longer served is retired: it finishes what it accepted (requests arriving,
-   queued or in the model; up to ``drain_timeout_s``), its batcher and threads stop, its gauges
-   are dropped and its memory is collected.
+   queued or in the model; up to ``drain_timeout_s``), its batcher and threads stop, its metric
+   series are dropped and its memory is collected (``ptserve.memory``).
 
 A version that fails to load or warm up is reported (log, ``ptserve_model_loads{outcome=
 "failed"}``, the repository index, its model's metadata and 404s) and treated as absent: the
 policy picks among the rest, so the serving versions stay untouched. It is tried again when its
 files change, or when the model is loaded through the API. At start-up every model must load.
 
-Changes come from ``--watch`` (a poll of the folder every ``watch_interval_s``; a change is
-acted on once two polls agree, so a file still being copied is left alone) and from the V2
-repository API (``protocols/repository.py``). One change runs at a time.
+Changes come from ``--watch`` (``ptserve.watch``: a change is acted on once two looks at the
+folder agree, so a file still being copied is left alone) and from the V2 repository API
+(``protocols/repository.py``). One change runs at a time.
 """
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from anyio import to_thread
 
 from ptserve.errors import ModelLoadError, ModelNotFound
+from ptserve.memory import release_memory
 from ptserve.registry import Served
-from ptserve.repository import Found, ModelProblem, ModelSource, is_repository, scan
+from ptserve.repository import (
+    Found,
+    ModelProblem,
+    ModelSource,
+    fingerprint,
+    is_repository,
+    scan,
+)
+from ptserve.repository_index import missing_reasons
 from ptserve.service import InferenceService
 
 if TYPE_CHECKING:
     from ptserve.runtime import Runtime
 
 log = logging.getLogger("ptserve")
-Key = tuple[str, str]  # (model name, version)
+Key = tuple[str, str]  # (model name, version: "" for the whole model)
 RETIRE_POLL_S = 0.01  # how often a retiring version is checked for work still arriving
 
 
@@ -61,9 +72,7 @@ class Lifecycle:
         self._identity: dict[Key, object] = {}  # what each served version was loaded from
         self._applied: dict[str, object] = {}  # the folder's state each model was matched to
         self._lock = asyncio.Lock()
-        self._watcher: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._retired = False  # a version was retired: its memory waits for release_memory
+        self._retired: list[weakref.ref[object]] = []  # retired versions' models, to collect
         self._torch_threads = self.settings.torch_threads
 
     async def start(self) -> None:
@@ -99,10 +108,6 @@ class Lifecycle:
             raise ModelLoadError(failures[0] + more)
         self.registry.default = first or (names[0] if len(names) == 1 else None)
 
-    def watch(self) -> None:
-        """Start polling the folder for changes (needs the running event loop)."""
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="ptserve-watch")
-
     async def load(self, name: str) -> list[str]:
         """Bring model ``name`` in line with its folder now, retrying versions that failed
         before; returns why versions failed (none: all loaded). 404 for a name the folder does
@@ -133,44 +138,28 @@ class Lifecycle:
         """Look at the folder again (for the index), without changing what is served."""
         self.found = await to_thread.run_sync(scan, self.settings)
 
-    def index(self) -> list[dict[str, str]]:
-        """Every model and version the folder holds or the server serves, with its state
-        (Triton's READY, LOADING, UNLOADING, UNAVAILABLE) and, unless ready, why."""
-        rows: dict[Key, tuple[str, str]] = {}
-        for name, found in self.found.items():
-            if isinstance(found, ModelProblem):
-                continue  # its failure says why
-            selected = found.policy.select(found.versions)
-            for v in found.versions:
-                why = "not loaded" if v in selected else _outside(found)
-                rows[(name, str(v))] = ("UNAVAILABLE", "unloaded" if name in self.unloaded else why)
-        rows.update({key: ("UNAVAILABLE", reason) for key, (_, reason) in self.failed.items()})
-        rows.update({key: ("UNLOADING", "finishing its requests") for key in self.retiring})
-        rows.update({key: ("LOADING", "") for key in self.loading})
-        rows.update(
-            {
-                (n, v): ("READY", "")
-                for n in self.registry.names()
-                for v in self.registry.versions(n)
-            }
-        )
-        return [
-            {"name": name, "version": version, "state": state, "reason": reason}
-            for (name, version), (state, reason) in sorted(rows.items(), key=_index_order)
-        ]
-
     def busy(self) -> bool:
         """Whether a retiring version still has work."""
         return any(service.batcher.busy() for service in self.retiring.values())
 
-    async def stop(self) -> None:
-        """Stop watching (after the change under way, if any); stop every version (queued work
-        finishes, up to drain_timeout_s)."""
-        self._stopping = True
+    async def follow(self, found: dict[str, Found], settled: set[str]) -> None:
+        """Bring each model in ``settled`` (its folder looked the same twice running, see
+        ``ptserve.watch``) in line with ``found`` where it changed since it was last brought in
+        line; models unloaded through the API are left alone."""
         async with self._lock:
-            if self._watcher is not None:
-                self._watcher.cancel()
-                await asyncio.gather(self._watcher, return_exceptions=True)
+            self.found = found
+            for name in sorted(settled):
+                state = fingerprint(found.get(name))
+                if name in self.unloaded or state == self._applied.get(name, None):
+                    continue
+                await self._bring(name, found.get(name), retry=False)
+                self._applied[name] = state
+            self._release()
+
+    async def stop(self) -> None:
+        """Stop every version, after the change under way if any (queued work finishes, up to
+        drain_timeout_s)."""
+        async with self._lock:
             for served in self.registry.all():
                 await served.service.stop(self.settings.drain_timeout_s)
 
@@ -272,16 +261,17 @@ class Lifecycle:
         self.on_change()
         for served in old:
             await self._retire(served, versions.get(served.service.version))
-            self._retired = True
 
     async def _retire(self, served: Served, successor: Served | None) -> None:
-        """Let an old version finish what it accepted, then stop it and drop its gauges."""
+        """Let an old version finish what it accepted, then stop it and drop its metric series."""
         service = served.service
         key = (service.name, service.version)
         self.retiring[key] = service
         self._explain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout_s
+        with contextlib.suppress(TypeError):  # a model that takes no weak reference
+            self._retired.append(weakref.ref(service.runner.model))
         try:
             while service.batcher.busy() and loop.time() < deadline:
                 await asyncio.sleep(RETIRE_POLL_S)
@@ -293,10 +283,11 @@ class Lifecycle:
         log.info("model %r version %s released", service.name, service.version)
 
     def _release(self) -> None:
-        """Collect what retired versions left, once nothing of the change refers to them."""
-        if self._retired:
-            self._retired = False
-            release_memory()
+        """Collect what retired versions left, once nothing of the change refers to them: see
+        ``release_memory``."""
+        retired, self._retired = self._retired, []
+        if retired:
+            release_memory(retired)
 
     def _served_as_is(self, found: ModelSource, version: str) -> bool:
         key = (found.name, version)
@@ -308,17 +299,7 @@ class Lifecycle:
 
     def _explain(self) -> None:
         """Tell the registry why missing versions are missing (their 404s say so)."""
-        reasons: dict[Key, str] = {}
-        for name, found in self.found.items():
-            if isinstance(found, ModelSource):
-                left = set(found.versions) - set(found.policy.select(found.versions))
-                reasons.update({(name, str(v)): _outside(found) for v in left})
-        reasons.update({key: reason for key, (_, reason) in self.failed.items()})
-        reasons.update({key: "loading" for key in self.loading})
-        reasons.update(
-            {(name, ""): "unloaded through the repository API" for name in self.unloaded}
-        )
-        self.registry.explain(reasons)
+        self.registry.explain(missing_reasons(self))
 
     def _relative(self, message: str) -> str:
         """``message`` with the repository's location left out (it may reach clients)."""
@@ -329,58 +310,3 @@ class Lifecycle:
             if prefix not in ("", "."):
                 message = message.replace(prefix.rstrip(os.sep) + os.sep, "")
         return message
-
-    async def _watch(self) -> None:
-        previous = {name: fingerprint(found) for name, found in self.found.items()}
-        while not self._stopping:
-            await asyncio.sleep(self.settings.watch_interval_s)
-            if self.runtime.draining or self._stopping:
-                continue
-            try:
-                found = await to_thread.run_sync(scan, self.settings)
-            except OSError as exc:
-                log.error("cannot look at %s: %s", self.settings.model_path, exc)
-                continue
-            now = {name: fingerprint(f) for name, f in found.items()}
-            try:
-                async with self._lock:
-                    self.found = found
-                    for name in sorted(set(now) | set(self._applied)):
-                        state = now.get(name)
-                        settled = state == previous.get(name)  # two looks agree
-                        if name in self.unloaded or state == self._applied.get(name) or not settled:
-                            continue
-                        await self._bring(name, found.get(name), retry=False)
-                        self._applied[name] = state
-                    self._release()
-            except Exception:
-                log.exception("applying a change in %s failed", self.settings.model_path)
-            previous = now
-
-
-def fingerprint(found: Found | None) -> object:
-    """What a look at a model folder saw, comparable between looks."""
-    if found is None:
-        return None
-    if isinstance(found, ModelProblem):
-        return ("problem", found.reason, found.stamp)
-    versions = tuple((v, s.path, s.stamp, s.problem) for v, s in sorted(found.versions.items()))
-    return (found.stamp, versions)
-
-
-def release_memory() -> None:
-    """Collect what retired versions leave (their objects hold reference cycles). The app
-    freezes what lives at start-up out of the collector's sight (see app.py), versions loaded
-    then included: thaw, collect, and freeze what still lives again."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-def _index_order(row: tuple[Key, tuple[str, str]]) -> tuple[str, int, str]:
-    (name, version), _ = row
-    return name, int(version) if version.isdigit() else 0, version
-
-
-def _outside(found: ModelSource) -> str:
-    return f"not served under its version policy ({found.policy.describe()})"

@@ -218,3 +218,13 @@ def _file_stamps(folder: Path, files: list[Path]) -> Stamp:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def fingerprint(found: Found | None) -> object:
+    """What a look at a model folder saw, comparable between looks (None: no folder)."""
+    if found is None:
+        return None
+    if isinstance(found, ModelProblem):
+        return ("problem", found.reason, found.stamp)
+    versions = tuple((v, s.path, s.stamp, s.problem) for v, s in sorted(found.versions.items()))
+    return (found.stamp, versions)

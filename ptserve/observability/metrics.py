@@ -114,18 +114,24 @@ class ModelMetrics:
         metrics.info.labels(*self.info_labels).set(1)
 
     def forget(self, successor: "ModelMetrics | None") -> None:
-        """The version is no longer served: drop its gauges (the ones a ``successor`` of the
-        same name and version does not share). Counters and histograms keep its history. Set
-        to 0 first: with several workers a removed gauge lingers in the shared files."""
+        """The version is no longer served: drop its series, so that a server swapping
+        versions for months does not grow its exposition with every one. A ``successor`` of the
+        same name and version (a reload) keeps those it shares; ``ptserve_model_loads`` keeps
+        every load's history. Gauges are set to 0 first: with several workers a removed one
+        lingers in the shared files."""
         metrics, labels = self.metrics, self._labels
-        gauges: list[tuple[Gauge, tuple[str, ...]]] = [] if successor is not None else [
-            (metrics.queue_depth, labels), (metrics.load_seconds, labels),
-            (metrics.warmup_seconds, labels),
-        ]  # fmt: skip
+        gauges: list[tuple[Gauge, tuple[str, ...]]] = []
         if self.info_labels is not None and (
             successor is None or successor.info_labels != self.info_labels
         ):
             gauges.append((metrics.info, self.info_labels))
+        if successor is None:
+            gauges += [(g, labels) for g in (metrics.queue_depth, metrics.load_seconds,
+                                             metrics.warmup_seconds)]  # fmt: skip
+            for histogram in (metrics.queue_seconds, metrics.batch_size, metrics.inference_seconds):
+                histogram.remove(*labels)
+            for key in self._counters:
+                self._inferences.remove(*labels, *key)
         for gauge, values in gauges:
             gauge.labels(*values).set(0)
             gauge.remove(*values)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request, Response
 
 from ptserve.protocols.schemas import error_responses
+from ptserve.repository_index import index_rows
 
 if TYPE_CHECKING:
     from ptserve.registry import Served
@@ -80,7 +81,7 @@ def _entry(runtime: "Runtime", served: "Served") -> dict[str, Any]:
 def _unavailable(runtime: "Runtime") -> list[dict[str, str]]:
     """The repository index's rows that are not ready."""
     lifecycle = runtime.lifecycle
-    rows = lifecycle.index() if lifecycle is not None else []
+    rows = index_rows(lifecycle) if lifecycle is not None else []
     return [row for row in rows if row["state"] != "READY"]
 
 

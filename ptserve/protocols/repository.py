@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ptserve.errors import ControlUnavailable, InvalidInput, InvalidJSON, LoadFailed
 from ptserve.lifecycle import Lifecycle
 from ptserve.protocols.schemas import error_responses
+from ptserve.repository_index import index_rows
 
 M = TypeVar("M", bound=BaseModel)
 TAG = "Open Inference Protocol (V2): model repository"
@@ -75,7 +76,7 @@ async def index(request: Request) -> list[IndexEntry]:
     body = await _read(request, IndexRequest)
     lifecycle = _lifecycle(request)
     await lifecycle.rescan()
-    entries = [IndexEntry(**entry) for entry in lifecycle.index()]
+    entries = [IndexEntry(**entry) for entry in index_rows(lifecycle)]
     return [e for e in entries if e.state == "READY"] if body.ready else entries
 
 
