@@ -179,6 +179,7 @@ async def test_version_policies(tmp_path: Path, policy: str, served: list[str]) 
         (lambda root: None, {"default_model": "n"}, "--default-model 'n': the repository has no such model"),
         (lambda root: add_broken_version(root, "m", 1), {}, "m/1/model.pt: unknown model format"),
         (lambda root: write_config(root, "m", "port = 1\n"), {}, "'port' is a server-wide setting"),
+        (lambda root: (root / "m").symlink_to(root.parent), {}, "m: resolves outside the repository"),
     ],
 )  # fmt: skip
 async def test_a_repository_that_cannot_be_served_stops_start_up(
