@@ -31,7 +31,8 @@ RUN torch_pin="$(grep -E '^torch==' requirements.txt)" \
 
 COPY pyproject.toml README.md ./
 COPY ptserve ./ptserve
-RUN pip install . \
+# with the grpc extra: PTSERVE_GRPC_PORT / --grpc-port (the Kubernetes manifests turn it on)
+RUN pip install '.[grpc]' \
     && python -c "import torch; assert not torch.version.cuda, torch.version.cuda"
 
 # ---- runtime: the interpreter, the virtual environment, and nothing else --------------------

@@ -4,12 +4,16 @@ Host and port come from PTSERVE_HOST / PTSERVE_PORT (default 127.0.0.1:8000); ev
 setting from its PTSERVE_* variable too.
 """
 
+import os
+import sys
 from pathlib import Path
 
 from ptserve.app import create_app
 from ptserve.server import serve
-from ptserve.settings import Settings
+from ptserve.settings import Settings, unknown_environment
 
+for warning in unknown_environment(os.environ):
+    sys.stderr.write(f"ptserve: warning: {warning}\n")
 settings = Settings(model_path=Path(__file__).with_name("model.pt"))
 app = create_app(settings)
 

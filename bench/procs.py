@@ -108,15 +108,23 @@ def wait_until_serving(
     )
 
 
-def stop_server(server: ServerProcess, timeout_s: float) -> bool:
-    """SIGTERM the whole process group, SIGKILL what is left after ``timeout_s``.
+def stop_server(server: ServerProcess, timeout_s: float, leader_only: bool = False) -> bool:
+    """SIGTERM the whole process group (or only its leader, for a server that stops its own
+    children in order), SIGKILL what is left after ``timeout_s``.
 
     Returns True when the group ended on SIGTERM alone.
     """
-    _signal_group(server.pgid, signal.SIGTERM)
+    if leader_only:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pgid, signal.SIGTERM)
+    else:
+        _signal_group(server.pgid, signal.SIGTERM)
     graceful = _wait_group_gone(server, timeout_s)
     if not graceful:
         _signal_group(server.pgid, signal.SIGKILL)
+        for pid in group_pids(server.pgid):  # children in process groups of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _wait_group_gone(server, 5.0)
     if server.popen.poll() is None:
         server.popen.wait(timeout=5.0)

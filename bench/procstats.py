@@ -41,13 +41,15 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
+    """Live (non-zombie) processes of the server whose group leader is ``pgid``: its process
+    group, and the session it leads (servers start in a session of their own), which also holds
+    children that made process groups of their own, such as Ray's workers."""
     pids = []
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat_fields(int(entry.name))
-        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields is not None and fields[0] != "Z" and pgid in (int(fields[2]), int(fields[3])):
             pids.append(int(entry.name))
     return sorted(pids)
 

@@ -59,6 +59,16 @@ TARGETS: tuple[Target, ...] = (
         0.9,
         server="{primary}-v2",
     ),
+    Target(
+        "conv_c64_grpc_raw_samples_vs_in_process",
+        "conv",
+        "samples_per_s",
+        64,
+        IN_PROCESS,
+        ">=",
+        0.9,
+        server="{primary}-grpc",
+    ),
 )
 
 _POINT_METRICS: dict[str, Callable[[Point], float | None]] = {

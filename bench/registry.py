@@ -23,7 +23,12 @@ class ServerSpec:
     requires: tuple[str, ...] = ()
     predict_path: str = "/predict"
     default: bool = True
-    wire: Literal["json", "v2-binary"] = "json"
+    # json: POST the JSON body (wrk); v2-binary: the OIP binary body (wrk); grpc: ModelInfer with
+    # raw contents on the server's --grpc-port (bench/grpc_load.py), ready when HTTP answers
+    wire: Literal["json", "v2-binary", "grpc"] = "json"
+    # Stop by signalling the leader only (it stops its children in order), allowing this long.
+    stop_leader_only: bool = False
+    stop_timeout_s: float | None = None
 
 
 def _module(module: str, *args: str) -> list[str]:
@@ -87,6 +92,30 @@ def _ptserve(config: PtserveConfig) -> CommandBuilder:
             "--input-dtype",
             "float32",
             *config.args,
+        )
+
+    return build
+
+
+def _ray(replicas: int) -> CommandBuilder:
+    def build(model: ModelArtifact, port: int) -> list[str]:
+        return _module(
+            "ptserve",
+            "ray",
+            str(model.path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--name",
+            "bench",
+            "--input-shape",
+            *(str(d) for d in model.input_shape),
+            "--input-dtype",
+            "float32",
+            "--no-access-log",
+            "--num-replicas",
+            str(replicas),
         )
 
     return build
@@ -158,7 +187,36 @@ def all_servers() -> tuple[ServerSpec, ...]:
         for c in PTSERVE_CONFIGS
         if c.name in ("ptserve", "ptserve-b8t2", "ptserve-fast")
     )
-    return (*fixed, *ptserve, *v2)
+    # ptserve on a local Ray cluster started by the command, behind Ray Serve's HTTP proxy; each
+    # replica reserves 1 CPU (1 torch thread). SIGTERM to the whole group would kill Ray's own
+    # processes before the replicas drain: the command is signalled alone.
+    ray = tuple(
+        ServerSpec(
+            f"ray-{replicas}",
+            "model",
+            f"ptserve ray --num-replicas {replicas}: Ray Serve's proxy in front",
+            _ray(replicas),
+            requires=("ptserve", "ray"),
+            default=False,
+            stop_leader_only=True,
+            stop_timeout_s=90.0,
+        )
+        for replicas in (1, 2)
+    )
+    grpc = tuple(
+        ServerSpec(
+            f"{c.name}-grpc",
+            "model",
+            f"{c.name} over the Open Inference Protocol over gRPC, raw tensors",
+            _ptserve(c),
+            requires=("ptserve", "grpc"),
+            default=c.default,
+            wire="grpc",
+        )
+        for c in PTSERVE_CONFIGS
+        if c.name in ("ptserve", "ptserve-b8t2", "ptserve-fast")
+    )
+    return (*fixed, *ptserve, *v2, *grpc, *ray)
 
 
 def select_servers(names: tuple[str, ...] | None) -> tuple[ServerSpec, ...]:

@@ -29,6 +29,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return value / base if value is not None and base else None
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -75,6 +79,29 @@ def load_table(runs: Sequence[ServerRun]) -> str:
             )
         for concurrency in run.point_errors:  # the message is in results.json
             rows.append((run.model, run.server, str(concurrency), "error", *blank))
+    return _table(header, rows)
+
+
+def relative_table(runs: Sequence[ServerRun], baseline: str) -> str:
+    """Each model server's req/s and latency divided by ``baseline``'s, at the same model and
+    concurrency (e.g. what Ray Serve's proxy costs: ray-1 / ptserve)."""
+    points = {(r.model, r.server, p.load.concurrency): p for r in runs for p in r.points}
+    header = ("model", "server", "c", f"req/s / {baseline}", "p50 ratio", "p99 ratio")
+    rows = []
+    for (model, server, concurrency), point in points.items():
+        base = points.get((model, baseline, concurrency))
+        if server == baseline or base is None:
+            continue
+        rows.append(
+            (
+                model,
+                server,
+                str(concurrency),
+                _num(_ratio(point.load.req_per_s, base.load.req_per_s), 2),
+                _num(_ratio(point.load.p50_ms, base.load.p50_ms), 2),
+                _num(_ratio(point.load.p99_ms, base.load.p99_ms), 2),
+            )
+        )
     return _table(header, rows)
 
 

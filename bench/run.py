@@ -22,7 +22,7 @@ from bench.plot import plot_results
 from bench.procstats import background_cores
 from bench.ratios import compute_ratios
 from bench.registry import ServerSpec, select_servers
-from bench.report import in_process_table, load_table, ratio_table, start_table
+from bench.report import in_process_table, load_table, ratio_table, relative_table, start_table
 from bench.runner import ServerRun, run_server
 
 logger = logging.getLogger("bench")
@@ -130,9 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_results(runs, in_process, options.models, png_path, title)
     sections = [
         ("Servers", start_table(runs)),
-        ("Load (wrk, one sample per request)", load_table(runs)),
+        ("Load (wrk; gRPC: bench/grpc_load.py; one sample per request)", load_table(runs)),
         ("In-process model limit", in_process_table(in_process)) if in_process else None,
         (f"Target ratios ({options.primary})", ratio_table(ratios)),
+        (f"Relative to {options.primary}", relative_table(runs, options.primary)),
     ]
     for section in sections:
         if section is not None:

@@ -3,11 +3,13 @@
 import importlib.util
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from bench.config import Options
+from bench.grpc_load import check_grpc, grpc_body, run_grpc_load
 from bench.loadgen import LoadError, LoadResult, run_wrk
 from bench.models import ModelArtifact
 from bench.procs import (
@@ -63,11 +65,33 @@ class ServerRun:
     stopped_gracefully: bool | None = None
 
 
+Load = Callable[[int, int], LoadResult]  # (concurrency, seconds) -> one load run
+
+
 def _wire_body(spec: ServerSpec, model: ModelArtifact) -> tuple[Path, int | None]:
-    """The request body for ``spec``'s wire format, and its V2 JSON header length."""
+    """The HTTP body that shows ``spec`` serving (its wire's, gRPC's: JSON), and its V2 JSON
+    header length."""
     if spec.wire == "v2-binary":
         return model.v2_body_path, model.v2_header_length
     return model.body_path, None
+
+
+def _load(
+    spec: ServerSpec, model: ModelArtifact, server: ServerProcess, lua: Path, options: Options,
+    grpc_target: str | None,
+) -> Load:  # fmt: skip
+    """How to put load on ``server`` in ``spec``'s wire format."""
+    if grpc_target is not None:
+        body = grpc_body(model)
+        return lambda c, seconds: run_grpc_load(
+            grpc_target, body, c, seconds, options.wrk_timeout_s
+        )
+    url = f"http://127.0.0.1:{server.port}{spec.predict_path}"
+    body_path, header_length = _wire_body(spec, model)
+    return lambda c, seconds: run_wrk(
+        url, lua, body_path, c, seconds, options.wrk_threads, options.wrk_timeout_s,
+        header_length,
+    )  # fmt: skip
 
 
 def _check_response(spec: ServerSpec, payload: bytes) -> bool | None:
@@ -91,38 +115,13 @@ def _missing_module(spec: ServerSpec) -> str | None:
 
 
 def _measure_point(
-    server: ServerProcess,
-    spec: ServerSpec,
-    model: ModelArtifact,
-    lua: Path,
-    concurrency: int,
-    options: Options,
+    server: ServerProcess, run_load: Load, concurrency: int, options: Options
 ) -> Point:
-    url = f"http://127.0.0.1:{server.port}{spec.predict_path}"
-    body_path, header_length = _wire_body(spec, model)
     if options.warmup_s > 0:
-        run_wrk(
-            url,
-            lua,
-            body_path,
-            concurrency,
-            options.warmup_s,
-            options.wrk_threads,
-            options.wrk_timeout_s,
-            header_length,
-        )
+        run_load(concurrency, options.warmup_s)
     cpu_before = group_cpu_seconds(server.pgid)
     busy_before = system_busy_seconds()
-    load = run_wrk(
-        url,
-        lua,
-        body_path,
-        concurrency,
-        options.duration_s,
-        options.wrk_threads,
-        options.wrk_timeout_s,
-        header_length,
-    )
+    load = run_load(concurrency, options.duration_s)
     cpu_s = round(group_cpu_seconds(server.pgid) - cpu_before, 2)
     busy_s = system_busy_seconds() - busy_before
     background_s = max(busy_s - cpu_s - load.client_cpu_s, 0.0)
@@ -160,13 +159,22 @@ def run_server(
     headers = None
     if header_length is not None:
         headers = {"Inference-Header-Content-Length": str(header_length)}
+    grpc_target = None
+    if spec.wire == "grpc":
+        grpc_port = free_port()
+        grpc_target = f"127.0.0.1:{grpc_port}"
+        command += ["--grpc-port", str(grpc_port)]
     server = start_server(command, port, logs / f"{model.name}-{spec.name}.log")
     try:
+        # gRPC starts before readiness: the first HTTP 200 means both answer
         run.cold_start_s, payload = wait_until_serving(
             server, spec.predict_path, body_path.read_bytes(), options.start_timeout_s, headers
         )
         run.cold_start_s = round(run.cold_start_s, 3)
         run.response_ok = _check_response(spec, payload)
+        if grpc_target is not None:
+            run.response_ok = check_grpc(grpc_target, grpc_body(model))
+        run_load = _load(spec, model, server, lua, options, grpc_target)
         run.memory_idle = group_memory(server.pgid)
         logger.info("%s/%s ready in %.2f s", model.name, spec.name, run.cold_start_s)
         for concurrency in options.concurrencies:
@@ -174,7 +182,7 @@ def run_server(
                 run.point_errors[concurrency] = f"server exited: {log_tail(server.log_path)}"
                 continue
             try:
-                point = _measure_point(server, spec, model, lua, concurrency, options)
+                point = _measure_point(server, run_load, concurrency, options)
             except LoadError as exc:
                 run.point_errors[concurrency] = str(exc)
                 continue
@@ -191,5 +199,7 @@ def run_server(
         run.status, run.reason = "failed", str(exc)
         logger.warning("%s/%s failed to start: %s", model.name, spec.name, exc)
     finally:
-        run.stopped_gracefully = stop_server(server, options.stop_timeout_s)
+        run.stopped_gracefully = stop_server(
+            server, spec.stop_timeout_s or options.stop_timeout_s, spec.stop_leader_only
+        )
     return run

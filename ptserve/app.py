@@ -39,8 +39,8 @@ from ptserve.errors import (
 from ptserve.gateway import ERROR_CODE, Gateway, RouteTable
 from ptserve.lifecycle import Lifecycle
 from ptserve.observability.access import AccessLog
-from ptserve.observability.logs import setup_logging
-from ptserve.observability.metrics import mark_worker_dead
+from ptserve.observability.logs import resolve_format, setup_logging
+from ptserve.observability.metrics import PUBLISH_S, mark_worker_dead
 from ptserve.observability.tracing import Tracing
 from ptserve.protocols import docs, health, oip_v2, page, repository, simple
 from ptserve.repository import is_repository
@@ -84,6 +84,11 @@ def create_app(settings: Settings) -> PtserveApp:
     """Build the app; nothing is loaded until the lifespan starts."""
     runtime = Runtime(settings, tracing=Tracing() if settings.tracing else None)
     keys = KeyStore(settings.api_key_file) if settings.api_key_file is not None else None
+    grpc_server = None
+    if settings.grpc_port is not None:  # the grpc extra, imported only when it is asked for
+        from ptserve.grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(runtime, keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,10 +103,13 @@ def create_app(settings: Settings) -> PtserveApp:
         gc.collect()
         gc.freeze()
         if settings.access_log:
-            runtime.access_log = AccessLog(settings.log_format)
+            runtime.access_log = AccessLog(resolve_format(settings.log_format))
+        publisher = asyncio.get_running_loop().create_task(_publish_metrics(runtime))
         restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
+        if grpc_server is not None:
+            await grpc_server.start()
         runtime.ready = True
         watcher = Watcher(lifecycle) if settings.watch else None
         if watcher is not None:
@@ -112,8 +120,12 @@ def create_app(settings: Settings) -> PtserveApp:
             runtime.ready = False
             if watcher is not None:
                 await watcher.stop()
+            if grpc_server is not None:  # calls in flight finish; the batchers still run
+                await grpc_server.stop(settings.drain_timeout_s)
             await lifecycle.stop()
             restore_signals()
+            publisher.cancel()
+            runtime.metrics.publish()  # the last counts, before this worker's files are closed
             if runtime.access_log is not None:
                 runtime.access_log.close()
             mark_worker_dead()
@@ -158,6 +170,14 @@ def create_app(settings: Settings) -> PtserveApp:
 def _stale_schema(app: FastAPI) -> None:
     """The served models changed: the cached OpenAPI schema describes the old ones."""
     app.openapi_schema = None
+
+
+async def _publish_metrics(runtime: Runtime) -> None:
+    """Publish the hot path's counts every so often (see observability.metrics), so that
+    another worker's scrape sees them."""
+    while True:
+        await asyncio.sleep(PUBLISH_S)
+        runtime.metrics.publish()
 
 
 def configure_threads(settings: Settings) -> None:

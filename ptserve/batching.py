@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ptserve.errors import DeadlineExceeded, ModelFailure, NotReady, Overloaded
+from ptserve.errors import DeadlineExceeded, ModelFailure, NotReady, Overloaded, ServeError
 from ptserve.observability import context
 from ptserve.observability.context import Timing
 
@@ -124,6 +124,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._waiting: deque[asyncio.Future[None]] = deque()  # requests waiting for room
         self._deadlines: list[tuple[float, int, Item]] = []  # a heap: earliest first
         self._sequence = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -176,54 +177,105 @@ class Batcher:
                 await asyncio.gather(self._task, return_exceptions=True)
 
     def busy(self) -> bool:
-        """Whether any accepted work is arriving, queued or running."""
-        return bool(self.arriving or self.queue or self.running)
+        """Whether any accepted work is waiting for room, arriving, queued or running."""
+        return bool(self._waiting or self.arriving or self.queue or self.running)
 
     def full(self) -> bool:
-        """Whether the queue has no room for another sample."""
-        return self.queued_samples >= self.max_queue
+        """Whether the queue has no room for another request (each admitted request still
+        being read counts as one sample)."""
+        return self.queued_samples + self.arriving >= self.max_queue
 
     def will_wait(self) -> bool:
         """Whether new work would wait behind batches already in the model (so a client could
         leave before its turn); on an idle model it starts within this loop iteration."""
         return self.running >= self.concurrency
 
-    def arrival(self) -> "Arrival":
-        """Context manager marking a request as on its way (received, not yet queued): see
-        BatchPolicy."""
-        return Arrival(self)
+    async def admit(self, wait: float) -> None:
+        """Admit a request before its body is read: at once when the queue has room, else
+        after waiting (first come, first served) up to ``wait`` seconds for room; Overloaded
+        (503) then. An admitted request counts as arriving (see BatchPolicy) until
+        ``arrived()``.
 
-    def arrive(self) -> None:
-        """A request is on its way: received, its body not yet read and decoded."""
-        self.arriving += 1
+        A refusal costs almost nothing, but a client refused at once sends again at once: so
+        a full queue makes new requests wait (their bodies unread, costing no CPU) rather
+        than turning the server's time into refusals.
+        """
+        if not self._waiting and not self.full():
+            self.arriving += 1
+            return
+        loop = asyncio.get_running_loop()
+        admitted = loop.create_future()
+        self._waiting.append(admitted)
+        timer = loop.call_later(wait, self._refuse, admitted)
+        try:
+            await admitted
+        except asyncio.CancelledError:  # the client left while it waited
+            if admitted.done() and not admitted.cancelled():
+                self.arrived()  # admitted just now: give the place back
+            elif admitted in self._waiting:
+                self._waiting.remove(admitted)
+            raise
+        finally:
+            timer.cancel()
+
+    def _refuse(self, admitted: "asyncio.Future[None]") -> None:
+        """A request waited its time for room: 503."""
+        if not admitted.done():
+            self._waiting.remove(admitted)
+            admitted.set_exception(
+                Overloaded(
+                    f"the server is at capacity ({self.queued_samples} samples queued); "
+                    "retry shortly"
+                )
+            )
 
     def arrived(self) -> None:
-        """That request was queued, or failed before: look again at what is queued."""
+        """An admitted request failed before it was queued: look again at the queue."""
         self.arriving -= 1
         self._wake.set()
+        self._admit_waiting()
 
-    async def submit(self, arrays: Arrays, timeout: float) -> Arrays:
-        """Queue ``arrays`` (batched, one per input) and wait for the model's outputs.
+    def _admit_waiting(self) -> None:
+        """Let waiting requests in, first come first served, while there is room."""
+        waiting = self._waiting
+        while waiting and not self.full():
+            admitted = waiting.popleft()
+            if not admitted.done():  # (a client that left has its future cancelled)
+                admitted.set_result(None)
+                self.arriving += 1
+
+    async def submit(self, arrays: Arrays, timeout: float, admitted: bool = False) -> Arrays:
+        """Queue ``arrays`` (batched, one per input) and wait for the model's outputs;
+        ``admitted``: the request was admitted (``admit``), and stops counting as arriving.
 
         Raises Overloaded when the queue is full and DeadlineExceeded when ``timeout`` seconds
         pass before the work starts; work that expired is never computed.
         """
         size = len(arrays[0])
+        if admitted:
+            self.arriving -= 1
+        error: ServeError | None = None
         if self._closed or (self._task is not None and self._task.done()):
-            raise ModelFailure("the server's batch loop stopped")
-        if self.queued_samples + size > self.max_queue:
-            raise Overloaded(
+            error = ModelFailure("the server's batch loop stopped")
+        elif self.queued_samples + size > self.max_queue:
+            error = Overloaded(
                 f"the server is at capacity ({self.queued_samples} samples queued); retry shortly"
             )
+        if error is not None:
+            self._admit_waiting()  # this request's place is free again
+            raise error
         now = self.clock()
         loop = asyncio.get_running_loop()
         step = self.policy.max_batch_size
         timing = context.timing.get()
         deadline = now + timeout
-        items = [
-            Item([a[i : i + step] for a in arrays], deadline, loop.create_future(), now, timing)
-            for i in range(0, size, step)
-        ]
+        if size <= step:  # the usual case: one item, no slicing
+            items = [Item(arrays, deadline, loop.create_future(), now, timing)]
+        else:
+            items = [
+                Item([a[i : i + step] for a in arrays], deadline, loop.create_future(), now, timing)
+                for i in range(0, size, step)
+            ]
         self.queue.extend(items)
         self.queued_samples += size
         self._idle.clear()
@@ -294,6 +346,7 @@ class Batcher:
                 item.future.set_exception(error)
         self._report_queue()
         self._check_idle()
+        self._admit_waiting()
 
     def _check_idle(self) -> None:
         if not (self.queue or self.running or self._batches):
@@ -373,6 +426,7 @@ class Batcher:
         kept.extend(self.queue)
         self.queue = kept
         self._report_queue()
+        self._admit_waiting()
         return batch
 
     async def _run(self, batch: list[Item]) -> None:
@@ -419,7 +473,9 @@ class Batcher:
                 item.timing.batch_size = size
                 item.timing.batch_started_ns = wall_started
             if not item.future.done():
-                item.future.set_result([out[start:end] for out in outputs])
+                item.future.set_result(
+                    outputs if len(batch) == 1 else [out[start:end] for out in outputs]
+                )
             start = end
 
 
@@ -432,18 +488,3 @@ def _fail(item: Item) -> None:
 
 def _request_ids(batch: Sequence[Item]) -> str:
     return ", ".join(item.request_id or "-" for item in batch)
-
-
-class Arrival:
-    """``with batcher.arrival():`` around reading and decoding a request."""
-
-    __slots__ = ("batcher",)
-
-    def __init__(self, batcher: Batcher) -> None:
-        self.batcher = batcher
-
-    def __enter__(self) -> None:
-        self.batcher.arrive()
-
-    def __exit__(self, *exc: object) -> None:
-        self.batcher.arrived()

@@ -7,7 +7,8 @@ torch tensors in, numpy arrays out, binary tensors both ways.
         outputs = client.infer(pixels)  # {"output": array of shape (n, 10)}
 
 ``AsyncClient`` is the same with ``await``. Both speak plain OIP, so they work against Triton or
-KServe too, given a model name. Importing this module does not import torch.
+KServe too, given a model name. ``GrpcClient`` and ``AsyncGrpcClient`` (``ptserve.grpc_client``,
+reachable from here too) speak it over gRPC. Importing this module imports neither torch nor gRPC.
 """
 
 import sys
@@ -24,6 +25,14 @@ from ptserve.protocols.oip_tensors import HEADER_LENGTH, NUMPY_DTYPES, datatype
 
 if TYPE_CHECKING:
     import torch
+
+    from ptserve.grpc_client import AsyncGrpcClient, GrpcClient, GrpcInferenceError
+
+__all__ = [
+    "AsyncClient", "AsyncGrpcClient", "Client", "GrpcClient", "GrpcInferenceError",
+    "InferenceError",
+]  # fmt: skip
+GRPC_NAMES = ("AsyncGrpcClient", "GrpcClient", "GrpcInferenceError")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 30.0
@@ -205,6 +214,15 @@ class AsyncClient:
         return self.model
 
 
+def __getattr__(name: str) -> Any:
+    """The gRPC clients, imported on first use: importing this module stays gRPC-free."""
+    if name in GRPC_NAMES:
+        from ptserve import grpc_client
+
+        return getattr(grpc_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _model_path(model: str | None, version: str | None) -> str:
     return f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
 
@@ -237,23 +255,36 @@ def _input_datatypes(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
 
 
-def _encode(
-    inputs: Inputs, outputs: Sequence[str] | None, datatypes: Mapping[str, str]
-) -> tuple[bytes, int]:
-    """A binary request (every input and output binary) and its JSON header's length. Arrays
-    are cast to the model's datatypes where no value changes kind (float64 -> FP32 is fine,
+def input_arrays(inputs: Inputs, datatypes: Mapping[str, str]) -> dict[str, Array]:
+    """The inputs by name (one tensor alone: the model's only input) as contiguous arrays,
+    cast to the model's ``datatypes`` where no value changes kind (float64 -> FP32 is fine,
     float -> INT64 is left for the server to refuse)."""
     if not isinstance(inputs, Mapping):
         if len(datatypes) != 1:
             raise ValueError(f"the model takes {len(datatypes)} inputs; pass them by name")
         inputs = {next(iter(datatypes)): inputs}
-    arrays = {name: _cast(_as_array(value), datatypes.get(name)) for name, value in inputs.items()}
+    return {name: _cast(_as_array(value), datatypes.get(name)) for name, value in inputs.items()}
+
+
+def tensor_datatype(name: str, array: Array) -> str:
+    """The OIP datatype ``array`` travels as; TypeError for a dtype that has none."""
+    try:
+        return datatype(array.dtype)
+    except KeyError:
+        raise TypeError(f"input {name!r}: dtype {array.dtype} has no OIP datatype") from None
+
+
+def _encode(
+    inputs: Inputs, outputs: Sequence[str] | None, datatypes: Mapping[str, str]
+) -> tuple[bytes, int]:
+    """A binary request (every input and output binary) and its JSON header's length."""
+    arrays = input_arrays(inputs, datatypes)
     request: dict[str, Any] = {
         "inputs": [
             {
                 "name": name,
                 "shape": list(array.shape),
-                "datatype": _datatype(name, array),
+                "datatype": tensor_datatype(name, array),
                 "parameters": {"binary_data_size": array.nbytes},
             }
             for name, array in arrays.items()
@@ -298,13 +329,6 @@ def _as_array(value: TensorLike) -> Array:
             tensor = tensor.float()
         return np.ascontiguousarray(tensor.numpy())
     return np.ascontiguousarray(value)
-
-
-def _datatype(name: str, array: Array) -> str:
-    try:
-        return datatype(array.dtype)
-    except KeyError:
-        raise TypeError(f"input {name!r}: dtype {array.dtype} has no OIP datatype") from None
 
 
 def _cast(array: Array, wanted: str | None) -> Array:

@@ -111,42 +111,32 @@ class Gateway:
         self.keys = keys
         self.open_prefixes = open_prefixes
         self.limit = runtime.settings.max_body_bytes
-        # labelled metric children, looked up once per (route, method, status)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # the duration histogram's children, looked up once per (route, method)
+        self._durations: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = _request_id(scope["headers"])
+        rid, length, key = _scan(scope["headers"])
         timing = Timing()
         rid_token, timing_token = context.request_id.set(rid), context.timing.set(timing)
         tracing = self.runtime.tracing
         span = tracing.start(_header_dict(scope), time.time_ns()) if tracing else None
         metrics = self.runtime.metrics
-        metrics.in_flight.inc()
+        tally = metrics.tally
+        tally.in_flight += 1
         outcome = Outcome()
         path, method = scope["path"], scope["method"]
         route_name = "other"
         call: HttpCall | None = None
-        extra: RawHeaders = [(b"x-request-id", rid.encode())]
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                outcome.started = True
-                outcome.status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", ()), *extra, _server_timing(timing, started)
-                ]  # fmt: skip
-            await send(message)
-
         try:
+            self._admit(path, length, key)
             hot = self.routes.match(path)
             if hot is not None:
                 route, params = hot
                 route_name = route.path
-                self._admit(scope, path)
                 if method not in route.methods:
                     raise MethodNotAllowed(
                         f"{method} {path}: method not allowed", list(route.methods)
@@ -154,30 +144,35 @@ class Gateway:
                 call = HttpCall(scope, receive, params, self.limit)
                 reply = await route.handler(call)
                 body = reply.body
-                headers = [
-                    (b"content-type", reply.content_type), *reply.headers, *extra,
-                    (b"content-length", b"%d" % len(body)), _server_timing(timing, started),
-                ]  # fmt: skip
                 outcome.started = True
                 outcome.status = reply.status
+                headers = [
+                    (b"content-type", reply.content_type), *reply.headers,
+                    (b"x-request-id", rid.encode()), (b"content-length", b"%d" % len(body)),
+                    _server_timing(timing, started),
+                ]  # fmt: skip
                 await send(
                     {"type": "http.response.start", "status": reply.status, "headers": headers}
                 )
                 await send({"type": "http.response.body", "body": body})
             else:
-                self._admit(scope, path)
-                await self.inner(scope, self._counted(receive), send_with_headers)
+                await self.inner(
+                    scope, self._counted(receive), _sent(send, outcome, rid, timing, started)
+                )
                 route_name = getattr(scope.get("route"), "path", "other")
                 outcome.code = scope.get(ERROR_CODE)
         except ServeError as error:
-            await self._error(error, outcome, send_with_headers)
+            await self._error(error, outcome, send, rid, timing, started)
         except Exception:
             log.exception("unhandled error on %s %s", method, path)
-            await self._error(InternalError(), outcome, send_with_headers)
+            await self._error(InternalError(), outcome, send, rid, timing, started)
         finally:
             elapsed = time.perf_counter() - started
-            metrics.in_flight.dec()
-            self._count(route_name, method, outcome.status, elapsed)
+            tally.in_flight -= 1
+            tally.count((route_name, method, outcome.status))
+            self._observe(route_name, method, elapsed)
+            if not tally.in_flight:  # idle: publish now (under load, the timer does)
+                metrics.publish()
             access = self.runtime.access_log
             if access is not None:
                 model, version = (call.model, call.version) if call is not None else (None, None)
@@ -190,25 +185,21 @@ class Gateway:
             context.request_id.reset(rid_token)
             context.timing.reset(timing_token)
 
-    def _admit(self, scope: Scope, path: str) -> None:
+    def _admit(self, path: str, length: bytes | None, key: str | None) -> None:
         """401 without a valid key (except on open paths); 413 for a declared body over the
         limit, before any of it is read."""
-        if self.keys is not None and not path.startswith(self.open_prefixes):
-            key = _presented_key(scope["headers"])
-            if not self.keys.accepts(key):
-                what = "a valid" if key else "an"
-                raise Unauthorized(
-                    f"this server needs {what} API key: send 'Authorization: Bearer KEY' "
-                    "or 'X-API-Key: KEY'"
-                )
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.limit:
-                    raise BodyTooLarge(
-                        f"the request body is {int(value)} bytes; the limit is {self.limit} "
-                        "bytes (the max_body_bytes setting)"
-                    )
-                break
+        keys = self.keys
+        if keys is not None and not path.startswith(self.open_prefixes) and not keys.accepts(key):
+            what = "a valid" if key else "an"
+            raise Unauthorized(
+                f"this server needs {what} API key: send 'Authorization: Bearer KEY' "
+                "or 'X-API-Key: KEY'"
+            )
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            raise BodyTooLarge(
+                f"the request body is {int(length)} bytes; the limit is {self.limit} bytes "
+                "(the max_body_bytes setting)"
+            )
 
     def _counted(self, receive: Receive) -> Receive:
         """``receive`` for FastAPI routes: 413 as soon as a streamed body passes the limit."""
@@ -230,57 +221,72 @@ class Gateway:
         return counted
 
     async def _error(
-        self, error: ServeError, outcome: Outcome, send: Callable[[Message], Awaitable[None]]
+        self,
+        error: ServeError,
+        outcome: Outcome,
+        send: Send,
+        rid: str,
+        timing: Timing,
+        started: float,
     ) -> None:
         outcome.code = error.code
         if outcome.started:  # too late for an error response: the client sees a cut answer
             outcome.status = error.status_code
             return
-        await _respond(send, *error.render())
+        status, headers, body = error.render()
+        outcome.started = True
+        outcome.status = status
+        headers += [
+            (b"x-request-id", rid.encode()), (b"content-length", b"%d" % len(body)),
+            _server_timing(timing, started),
+        ]  # fmt: skip
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            metrics = self.runtime.metrics
-            children = self._children[key] = (
-                metrics.requests.labels(route, method, str(status)),
-                metrics.request_seconds.labels(route, method),
-            )
-        children[0].inc()
-        children[1].observe(elapsed)
-
-
-async def _respond(
-    send: Callable[[Message], Awaitable[None]], status: int, headers: RawHeaders, body: bytes
-) -> None:
-    headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    def _observe(self, route: str, method: str, elapsed: float) -> None:
+        key = (route, method)
+        histogram = self._durations.get(key)
+        if histogram is None:
+            histogram = self._durations[key] = self.runtime.metrics.request_seconds.labels(*key)
+        histogram.observe(elapsed)
 
 
-def _request_id(headers: RawHeaders) -> str:
-    """The client's X-Request-ID when it is sane, else a new one."""
+def _sent(send: Send, outcome: Outcome, rid: str, timing: Timing, started: float) -> Send:
+    """``send`` for FastAPI's answers: adds the request id and Server-Timing."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            outcome.started = True
+            outcome.status = message["status"]
+            message["headers"] = [
+                *message.get("headers", ()), (b"x-request-id", rid.encode()),
+                _server_timing(timing, started),
+            ]  # fmt: skip
+        await send(message)
+
+    return send_with_headers
+
+
+def _scan(headers: RawHeaders) -> tuple[str, bytes | None, str | None]:
+    """One pass over the headers: the request id (the client's X-Request-ID when it is sane,
+    else a new one), the declared Content-Length, and the API key presented
+    (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``)."""
+    rid = length = bearer = api_key = None
     for name, value in headers:
-        if name == b"x-request-id":
+        if name == b"content-length":
+            length = value
+        elif name == b"x-request-id":
             given = value.decode("latin-1")
             if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
-                return given
-            break
-    return os.urandom(16).hex()  # as random as a uuid4, without building a UUID
-
-
-def _presented_key(headers: RawHeaders) -> str | None:
-    """The key in ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
-    api_key = None
-    for name, value in headers:
-        if name == b"authorization":
+                rid = given
+        elif name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer":
-                return token.strip()
+                bearer = token.strip()
         elif name == b"x-api-key":
             api_key = value.decode("latin-1")
-    return api_key
+    # a new id is as random as a uuid4, without building a UUID
+    return rid or os.urandom(16).hex(), length, bearer if bearer is not None else api_key
 
 
 def _server_timing(timing: Timing, started: float) -> tuple[bytes, bytes]:

@@ -12,9 +12,10 @@ import httpx
 
 
 @contextlib.contextmanager
-def launched(*args: str, timeout: float = 120.0) -> Iterator[str]:
+def launched(*args: str, timeout: float = 600.0) -> Iterator[str]:
     """``ptserve serve ARGS`` on a free loopback port; yields its base URL once it is ready and
-    stops it (SIGTERM: a graceful drain) when the block ends."""
+    stops it (SIGTERM: a graceful drain) when the block ends. ``timeout`` only guards against a
+    hang: a busy machine can take minutes to import torch and fastai and load a model."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

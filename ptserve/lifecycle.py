@@ -236,7 +236,11 @@ class Lifecycle:
                 log.exception("loading model %r version %d failed", found.name, version)
             reason = self._relative(" ".join(str(exc).split()) or type(exc).__name__)
             self.failed[key] = (found.identity(version), reason)
-            self.runtime.metrics.loads.labels(*key, "failed").inc()
+            metrics = self.runtime.metrics
+            metrics.loads.labels(*key, "failed").inc()
+            serving = self.registry.versions(found.name)
+            kept = self.registry.get(*key).service.metrics if key[1] in serving else None
+            metrics.forget_failed(*key, kept)  # what the failed load made before it failed
             log.error("model %r version %d failed to load: %s", found.name, version, reason)
             gc.collect()  # what the failed load built
             return reason

@@ -26,7 +26,8 @@ MODEL_KEYS = frozenset(
      "input_names", "output_names", "example_input", "labels", "top_k", "output_activation",
      "threshold", "handler", "image_mode", "image_resize", "image_mean", "image_std",
      "image_layout", "max_image_pixels", "allow_nan", "max_instances", "max_batch_size",
-     "max_batch_delay_ms", "max_queue", "timeout_ms", "execution", "inference_threads",
+     "max_batch_delay_ms", "max_queue", "admission_wait_ms", "timeout_ms", "execution",
+     "inference_threads",
      "compile", "trust_modules", "trust_pickle"}
 )  # fmt: skip
 PATH_KEYS = ("example_input", "labels")  # and ``handler`` when it names a .py file

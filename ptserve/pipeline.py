@@ -2,11 +2,13 @@
 
 A codec (``protocols/simple.py``, ``protocols/oip_v2.py``, ...) only translates its wire format:
 it decodes a request into a ``ModelInput`` and encodes the outputs. Everything between is here,
-once: admission before the body is read, the arrival mark that lets batches fill, the model's
+once: admission before the body is read (which also marks the request as arriving, so batches
+wait for it), the model's
 own preprocessing (images, hooks, fastai transforms), the disconnect watch, the batcher with its
 deadline, and the per-model request metrics.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -63,20 +65,26 @@ async def run(
     """
     outcome = "ok"
     try:
-        service.admit()  # 503 before the body is read: a refusal costs little
-        with service.arrival():
+        await service.admit(timeout)  # before the body is read: waits for room, or 503
+        try:
             request = await decode()
             service.check(request)
             arrays = request.arrays
             if arrays is None:
                 arrays = await service.prepare(request)
+        except BaseException:
+            service.arrived()  # never queued: give its place back
+            raise
         if service.will_wait():  # only work that waits can see its client leave
             async with watch():
-                outputs = await service.infer(arrays, timeout)
+                outputs = await service.infer(arrays, timeout, admitted=True)
         else:
-            outputs = await service.infer(arrays, timeout)
+            outputs = await service.infer(arrays, timeout, admitted=True)
     except ServeError as error:
         outcome = error.code
+        raise
+    except asyncio.CancelledError:  # the transport gave up on the call (gRPC: client or deadline)
+        outcome = "cancelled"
         raise
     except Exception:
         outcome = "internal_error"

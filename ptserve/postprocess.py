@@ -3,7 +3,7 @@
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -83,23 +83,27 @@ class Postprocessor:
         if top_k is not None and self.labels is None:
             raise InvalidInput("top_k: this model has no class labels")
 
-    def scores(self, outputs: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    def scores(self, outputs: list[np.ndarray[Any, Any]]) -> list[Any]:
         """What labelled predictions need, for a whole batch at once (vectorised, on the
-        inference thread): label scores, the best label's index, and whether a row is finite.
-        Nothing for a model without labels."""
+        inference thread): label scores, and as lists (cheaper to split and read than arrays)
+        the best label's index and whether each row is finite. Nothing without labels."""
         if self.labels is None:
             return []
         logits = outputs[0]
         probs = activate(logits, self.activation)
-        return [probs, probs.argmax(axis=-1), np.isfinite(logits).all(axis=-1)]
+        return [probs, probs.argmax(axis=-1).tolist(), np.isfinite(logits).all(axis=-1).tolist()]
 
     def __call__(self, outputs: list[np.ndarray[Any, Any]], top_k: int | None) -> list[Any]:
         """One prediction per sample. ``outputs``: the model's, optionally followed by what
         ``scores`` computed for them."""
         count = len(self.names)
         if self.labels is not None:
+            # the batcher splits the scores as it splits outputs: best and finite stay lists
             probs, best, finite = outputs[count:] or self.scores(outputs[:count])
-            return self._labelled(outputs[0], probs, best, finite, top_k or self.top_k)
+            return self._labelled(
+                outputs[0], probs, cast(list[int], best), cast(list[bool], finite),
+                top_k or self.top_k,
+            )  # fmt: skip
         if count == 1:
             return list(outputs[0])
         return [
@@ -110,20 +114,19 @@ class Postprocessor:
         self,
         logits: np.ndarray[Any, Any],
         probs: np.ndarray[Any, Any],
-        best: np.ndarray[Any, Any],
-        finite: np.ndarray[Any, Any],
+        best: list[int],
+        finite: list[bool],
         top_k: int | None,
     ) -> list[Any]:
         labels = self.labels
         assert labels is not None
-        if not finite.all():  # a label picked from NaN scores would be made up
-            i = int(np.argmin(finite))
+        if not all(finite):  # a label picked from NaN scores would be made up
             raise InvalidInput(
-                f"instances[{i}]: the model's output for this input is not finite (NaN or "
-                "Infinity); the input is outside the range the model computes on"
+                f"instances[{finite.index(False)}]: the model's output for this input is not "
+                "finite (NaN or Infinity); the input is outside the range the model computes on"
             )
         predictions: list[Any] = []
-        for i, b in enumerate(best.tolist()):
+        for i, b in enumerate(best):
             row = probs[i]
             prediction: dict[str, Any] = {"label": labels[b], "score": row[b], "output": logits[i]}
             if top_k:

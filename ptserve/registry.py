@@ -6,8 +6,9 @@ the old set or the new one, never a mixture.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from ptserve.errors import ModelNotFound
 from ptserve.protocols.oip_v2 import V2Codec
@@ -17,11 +18,14 @@ from ptserve.service import InferenceService
 
 @dataclass(frozen=True)
 class Served:
-    """One model version, and per protocol what its codec precomputed for it."""
+    """One model version, and per protocol what its codec precomputed for it. ``transports``:
+    what other transports build for it on first use (gRPC's codec), which lives and dies with
+    the version (a cache beside the registry would keep swapped-out versions alive)."""
 
     service: InferenceService
     simple: SimpleCodec
     v2: V2Codec
+    transports: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, service: InferenceService) -> "Served":

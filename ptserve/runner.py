@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ptserve.errors import ModelLoadError
-from ptserve.signature import TORCH_DTYPES, Signature, spec_from_tensor
+from ptserve.signature import TORCH_DTYPES, Signature, probe_advice, spec_from_tensor
 
 if TYPE_CHECKING:
     from ptserve.threads import ThreadPlan
@@ -70,8 +70,9 @@ class Runner:
         except Exception as exc:
             shapes = ", ".join(f"{s.name}{[2, *s.shape]} {s.dtype}" for s in signature.inputs)
             cause = " ".join(str(exc).split())[:300]
+            advice = probe_advice(self.model, signature)
             raise ModelLoadError(
-                f"shape probe failed: the model rejected {shapes}: {cause}"
+                f"shape probe failed: the model rejected {shapes}: {cause}; {advice}"
             ) from None
         names = output_names or self.output_names or _default_names(len(outputs))
         if len(names) != len(outputs):
@@ -94,8 +95,11 @@ class Runner:
         self.model = _released
 
     def _call(self, arrays: Sequence[np.ndarray[Any, Any]]) -> list[torch.Tensor]:
+        # A read-only array (a view of gRPC's immutable bytes) is copied: torch tensors must be
+        # writable, and a model may write to its inputs. Batches of several requests are
+        # concatenated copies already.
         tensors = [
-            torch.from_numpy(a).to(self.device, dtype)
+            torch.from_numpy(a if a.flags.writeable else a.copy()).to(self.device, dtype)
             for a, dtype in zip(arrays, self.dtypes, strict=True)
         ]
         return self._flatten(self.model(*tensors))

@@ -18,7 +18,7 @@ import torch
 from anyio import to_thread
 
 from ptserve.batching import Batcher, BatchPolicy
-from ptserve.errors import InvalidInput, ModelLoadError, Overloaded
+from ptserve.errors import InvalidInput, ModelLoadError
 from ptserve.hooks import Hooks, load_hooks, run_postprocess, run_preprocess
 from ptserve.images import ImageSpec, image_spec, to_sample
 from ptserve.loading import FileFacts, load_model
@@ -71,6 +71,7 @@ class InferenceService:
         # Images and hooks are CPU work for a worker thread; validated arrays need none.
         self.prepare_off_loop = self.images is not None or self.preprocess_hook is not None
         self.timeout_s = settings.timeout_ms / 1000
+        self.admission_wait_s = settings.admission_wait_ms / 1000
         self.policy = BatchPolicy(settings.max_batch_size, settings.max_batch_delay_ms / 1000)
         self.output_count = len(signature.outputs)
         self.batcher = Batcher(
@@ -143,18 +144,15 @@ class InferenceService:
         """Start the batch loop; needs the running event loop."""
         self.batcher.start()
 
-    def admit(self) -> None:
-        """503 before a request's body is read when the queue is full: a refusal then costs
-        little, so an overloaded server keeps its CPU for the requests it admitted."""
-        if self.batcher.full():
-            raise Overloaded(
-                f"the server is at capacity ({self.batcher.queued_samples} samples queued); "
-                "retry shortly"
-            )
+    async def admit(self, timeout: float) -> None:
+        """Admit a request before its body is read: at once, or after waiting up to
+        ``admission_wait_ms`` (within its own ``timeout``) for room in the queue; 503 with
+        Retry-After otherwise. The request then counts as arriving until ``arrived()``."""
+        await self.batcher.admit(min(self.admission_wait_s, timeout))
 
-    def arrival(self) -> contextlib.AbstractContextManager[None]:
-        """Mark a request as on its way to the batcher while its body is read and decoded."""
-        return self.batcher.arrival()
+    def arrived(self) -> None:
+        """The admitted request failed before it was queued."""
+        self.batcher.arrived()
 
     def will_wait(self) -> bool:
         """Whether new work would wait behind a batch already in the model."""
@@ -198,11 +196,12 @@ class InferenceService:
                 )
         return [np.stack(samples)]
 
-    async def infer(self, arrays: Arrays, timeout: float) -> Arrays:
-        """Run validated arrays through the batcher: 503 when it is full, 504 past ``timeout``
-        seconds in the queue, 500 when the model raises on these samples. Returns the model's
-        outputs (the first ``output_count``), then what ``predictions`` needs of them."""
-        return await self.batcher.submit(arrays, timeout)
+    async def infer(self, arrays: Arrays, timeout: float, admitted: bool = False) -> Arrays:
+        """Run validated arrays through the batcher (``admitted``: by ``admit``): 503 when it
+        is full, 504 past ``timeout`` seconds in the queue, 500 when the model raises on these
+        samples. Returns the model's outputs (the first ``output_count``), then what
+        ``predictions`` needs of them."""
+        return await self.batcher.submit(arrays, timeout, admitted)
 
     async def predictions(self, outputs: Arrays, request: ModelInput) -> list[Any]:
         """One prediction per sample: the postprocess hook's (on a worker thread), or labels

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The fastai *vision* tests, in their own environment: torchvision only works beside
-# torch==2.14.1 (both lie on this machine's disk; ~5.5 GB installed, about two minutes to build),
-# while ptserve's main environment pins the torch 2.13.0 CPU wheel. The environment is kept in
-# .venv-vision and reused. scripts/test.sh runs this after the main tests.
+# torch==2.14.1, while ptserve's main environment pins the torch 2.13.0 CPU wheel. The
+# environment is kept in .venv-vision (6.4 GB) and reused. `bash scripts/test.sh --all` runs
+# this after the main suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv-vision
-if [ ! -x "$venv/bin/python" ]; then
+if ! "$venv/bin/python" -c 'import torchvision' 2>/dev/null; then
+  echo "Building $venv for the fastai vision tests: torch 2.14.1 + torchvision 0.29.1 and"
+  echo "fastai, 6.4 GB on disk; about two minutes from this machine's wheel cache (longer when"
+  echo "pip has to download the wheels). It is built once and reused."
   python -m venv "$venv"
 fi
 # (pip's notes about this machine's absent local index folders are filtered out of stderr)
@@ -24,9 +27,11 @@ pip install --no-deps \
 pip install "matplotlib>=3.8,<4" "requests>=2.31,<3"
 "$venv/bin/python" -c 'import torch, torchvision, fastai.vision.all; print("vision env: torch", torch.__version__, "torchvision", torchvision.__version__)'
 
-# Every fastai test (tabular too: a second torch version), the image tests and the example.
+# Every fastai test (tabular too: a second torch version, whose torch.export differs), the
+# vision conversions, the image tests and the example.
 "$venv/bin/python" -m pytest -q -rs \
   tests/unit/test_fastai.py tests/unit/test_detect.py \
   tests/integration/test_fastai_predict.py tests/integration/test_fastai_vision.py \
-  tests/integration/test_image_predict.py \
+  tests/integration/test_fastai_convert.py tests/integration/test_fastai_convert_vision.py \
+  tests/integration/test_fastai_hostile.py tests/integration/test_image_predict.py \
   "tests/e2e/test_examples.py::test_fastai_vision_example_trains_exports_serves_and_classifies"

@@ -12,11 +12,29 @@ from fastapi import FastAPI
 from ptserve.app import create_app
 from ptserve.settings import Settings
 from tests.artefacts import Artefact, build_all
+from tests.fastai_learners import TabularExport, VisionExport, train_tabular, train_vision
+
+NEEDS_FASTAI = "needs the fastai extra (scripts/test.sh installs it)"
+NEEDS_TORCHVISION = "fastai vision learners need torchvision: run bash scripts/test-vision.sh"
 
 
 @pytest.fixture(scope="session")
 def artefacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artefact]:
     return build_all(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tabular(tmp_path_factory: pytest.TempPathFactory) -> TabularExport:
+    """The iris tabular Learner, exported (trained once a session; skipped without fastai)."""
+    pytest.importorskip("fastai", reason=NEEDS_FASTAI)
+    return train_tabular(tmp_path_factory.mktemp("fastai-tabular"))
+
+
+@pytest.fixture(scope="session")
+def tabular_missing(tmp_path_factory: pytest.TempPathFactory) -> TabularExport:
+    """The iris Learner with missing values, numeric and boolean categories (see train_tabular)."""
+    pytest.importorskip("fastai", reason=NEEDS_FASTAI)
+    return train_tabular(tmp_path_factory.mktemp("fastai-tabular-missing"), missing=True)
 
 
 @pytest.fixture
@@ -41,3 +59,33 @@ async def serving(model_path: Path, **settings: Any) -> AsyncIterator[httpx.Asyn
     """An httpx client talking to an in-process app whose lifespan has run."""
     async with serving_app(model_path, **settings) as (_, client):
         yield client
+
+
+def vision_export(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **kind: bool
+) -> VisionExport:
+    """A small vision Learner (see train_vision), trained once a session; skipped without
+    fastai or torchvision."""
+    pytest.importorskip("fastai", reason=NEEDS_FASTAI)
+    pytest.importorskip("torchvision", reason=NEEDS_TORCHVISION)
+    return train_vision(tmp_path_factory.mktemp(f"vision-{name}"), **kind)
+
+
+@pytest.fixture(scope="session")
+def rgb(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
+    return vision_export(tmp_path_factory, "rgb")
+
+
+@pytest.fixture(scope="session")
+def grey(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
+    return vision_export(tmp_path_factory, "grey", grey=True)
+
+
+@pytest.fixture(scope="session")
+def augmented(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
+    return vision_export(tmp_path_factory, "augmented", augmented=True)
+
+
+@pytest.fixture(scope="session")
+def multi_label(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
+    return vision_export(tmp_path_factory, "multi-label", multi_label=True)

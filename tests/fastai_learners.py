@@ -1,5 +1,6 @@
 """A small fastai tabular Learner trained on iris as a DataFrame (needs the fastai extra)."""
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ def iris_frame() -> Any:
     return frame
 
 
-def train_tabular(folder: Path) -> TabularExport:
-    """One epoch, fixed seed; exported to ``folder/export.pkl``."""
+def train_tabular(folder: Path, missing: bool = False) -> TabularExport:
+    """One epoch, fixed seed; exported to ``folder/export.pkl``. ``missing``: a tenth of two
+    continuous columns missing (FillMissing fills them and adds ``_na`` columns), and two more
+    categorical columns, of numbers and of booleans; the rows asked about then include missing
+    and unseen values."""
     from fastai.tabular.all import (
         Categorify,
         FillMissing,
@@ -41,19 +45,32 @@ def train_tabular(folder: Path) -> TabularExport:
 
     set_seed(0)
     frame = iris_frame()
+    categorical = list(CATEGORICAL)
+    if missing:
+        rng = np.random.default_rng(1)
+        for name in ("sepal_width", "petal_length"):
+            frame.loc[rng.random(len(frame)) < 0.1, name] = np.nan
+        frame["size"] = rng.choice([1, 2, 3], len(frame))
+        frame["big"] = frame["sepal_length"] > 6
+        categorical += ["size", "big"]
     dls = TabularDataLoaders.from_df(
-        frame, path=folder, y_names="target", cat_names=CATEGORICAL, cont_names=CONTINUOUS,
+        frame, path=folder, y_names="target", cat_names=list(categorical), cont_names=CONTINUOUS,
         procs=[Categorify, FillMissing, Normalize], bs=32,
     )  # fmt: skip
     learn = tabular_learner(dls, layers=[16])
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-2)
     learn.export(folder / "export.pkl")
-    picked = frame.iloc[::15][[*CATEGORICAL, *CONTINUOUS]]
+    picked = frame.iloc[::15][[*categorical, *CONTINUOUS]]
     rows = [
-        {k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
         for row in picked.to_dict("records")
     ]
+    if missing:
+        rows += [
+            {**rows[0], "colour": "purple", "size": 7, "sepal_width": None},  # unseen, missing
+            {**rows[1], "colour": None, "big": None, "petal_length": None},  # missing
+        ]
     return TabularExport(folder / "export.pkl", learn, rows)
 
 
@@ -82,17 +99,22 @@ def render_digits(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def train_vision(folder: Path, grey: bool = False, augmented: bool = False) -> VisionExport:
+def train_vision(
+    folder: Path, grey: bool = False, augmented: bool = False, multi_label: bool = False
+) -> VisionExport:
     """A resnet18 ``vision_learner`` (random init), one short epoch on 300 digit images, exported
     to ``folder/export.pkl``. ``grey``: PILImageBW inputs and a lambda labeller (which
     cloudpickle stores as code, as a notebook's label function is); ``augmented``: read from a
     DataFrame (``from_df``), with ``aug_transforms`` and ImageNet ``Normalize`` as batch
-    transforms, as most real exports have; else RGB ``from_folder``."""
+    transforms, as most real exports have; ``multi_label``: each digit labelled with every
+    one of "even", "odd", "small" (under 5) and "large" that applies (``MultiCategoryBlock``,
+    sigmoid outputs), resized by padding; else RGB ``from_folder``."""
     from fastai.vision.all import (
         CategoryBlock,
         DataBlock,
         ImageBlock,
         ImageDataLoaders,
+        MultiCategoryBlock,
         Normalize,
         PILImageBW,
         RandomSplitter,
@@ -112,6 +134,14 @@ def train_vision(folder: Path, grey: bool = False, augmented: bool = False) -> V
             get_y=lambda path: path.parent.name,
             splitter=RandomSplitter(0.2, seed=0),
             item_tfms=Resize(28),
+        )
+        dls = block.dataloaders(paths, bs=32, num_workers=0)
+    elif multi_label:
+        block = DataBlock(
+            blocks=(ImageBlock, MultiCategoryBlock),
+            get_y=digit_tags,
+            splitter=RandomSplitter(0.2, seed=0),
+            item_tfms=Resize(30, method="pad", pad_mode="zeros"),
         )
         dls = block.dataloaders(paths, bs=32, num_workers=0)
     elif augmented:
@@ -136,3 +166,9 @@ def train_vision(folder: Path, grey: bool = False, augmented: bool = False) -> V
         learn.fit(1, 1e-3)
     learn.export(folder / "export.pkl")
     return VisionExport(folder / "export.pkl", learn, paths[::37][:8])
+
+
+def digit_tags(path: Path) -> Any:  # fastai casts to a return annotation; list[str] breaks it
+    """The multi-label learner's labels for a digit image (its folder names the digit)."""
+    digit = int(path.parent.name)
+    return ["even" if digit % 2 == 0 else "odd", "small" if digit < 5 else "large"]

@@ -49,3 +49,20 @@ def save_colour_model(folder: Path) -> Path:
     torch.save(model, path)
     (folder / "labels.json").write_text(json.dumps(COLOURS))
     return path
+
+
+def large_png(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 60)) -> bytes:
+    """A solid RGB PNG of ``width`` x ``height``, compressed row by row: 25 megapixels come to
+    about 71 KB, and decode to a 100 MB buffer."""
+    pixels = zlib.compressobj(9)
+    row = b"\x00" + bytes(colour) * width  # filter type 0, then the pixels
+    idat = b"".join(pixels.compress(row) for _ in range(height)) + pixels.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tests.guards import REQUEST_S, hang_guard
+
 
 class TinyNet(nn.Module):
     """A custom module class (not a torch.nn building block): 8 inputs -> 3 outputs."""
@@ -64,7 +66,7 @@ class GatedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x == HOLD).any()):
             ENTERED.set()
-            GATE.wait(10)
+            GATE.wait(hang_guard(REQUEST_S))
         return x * 1.0
 
 
@@ -75,7 +77,16 @@ class FileGatedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool((x == HOLD).any()):
             gate = Path(os.environ["TEST_GATE_FILE"])
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + hang_guard(REQUEST_S)
             while not gate.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
+        return x * 1.0
+
+
+class SlowNet(nn.Module):
+    """Identity on 2 values that takes 20 ms a batch, in a sleep that releases the GIL as a
+    compute-heavy model's kernels would: a server with a known, small capacity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
         return x * 1.0

@@ -1,18 +1,23 @@
-"""A fastai tabular Learner, end to end: train on a DataFrame, export, serve, query.
+"""A fastai tabular Learner, end to end: train on a DataFrame, export, convert, serve, query.
 
-    python examples/fastai_tabular/run.py          # about 15 s on 2 cores (needs ptserve[fastai])
+    python examples/fastai_tabular/run.py          # about 40 s on 2 cores (needs ptserve[fastai])
 
 Trains a small ``tabular_learner`` on scikit-learn's wine data set (as a pandas DataFrame, with
 one categorical column made from the alcohol content), exports it with ``learn.export()``,
-starts ``ptserve serve export.pkl`` on a free port and asks for a few rows' classes. By hand:
+converts the export once into a pickle-free folder (``ptserve convert``: the model as a
+``torch.export`` program, the preprocessing as data, checked against ``learn.predict``), starts
+``ptserve serve`` on that folder on a free port and asks for a few rows' classes. By hand:
 
-    ptserve serve examples/fastai_tabular/build/export.pkl
+    ptserve convert examples/fastai_tabular/build/export.pkl examples/fastai_tabular/build/wine
+    ptserve serve examples/fastai_tabular/build/wine      # no fastai needed from here on
     curl -s localhost:8000/predict -H 'Content-Type: application/json' \\
         -d '{"instances": [{"strength": "high", "alcohol": 13.2, ...}]}'
 """
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,9 +73,18 @@ def train(out: Path, epochs: int) -> list[dict[str, Any]]:
     ]
 
 
-def serve_and_query(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Serve the export and ask for ``rows``' predictions."""
-    with launched(str(out / "export.pkl")) as url, httpx.Client(base_url=url, timeout=10) as client:
+def convert(out: Path) -> Path:
+    """``ptserve convert`` the export into ``out/wine`` (replacing an earlier one)."""
+    folder = out / "wine"
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "ptserve", "convert", str(out / "export.pkl"), str(folder)]
+    subprocess.run(command, check=True)
+    return folder
+
+
+def serve_and_query(folder: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Serve the converted folder and ask for ``rows``' predictions."""
+    with launched(str(folder)) as url, httpx.Client(base_url=url, timeout=10) as client:
         response = client.post("/predict", json={"instances": [r["row"] for r in rows]})
         response.raise_for_status()
         predictions: list[dict[str, Any]] = response.json()["predictions"]
@@ -84,7 +98,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     asked = train(args.out, args.epochs)
-    for question, answer in zip(asked, serve_and_query(args.out, asked), strict=True):
+    folder = convert(args.out)
+    for question, answer in zip(asked, serve_and_query(folder, asked), strict=True):
         best = answer["probabilities"][answer["label"]]
         sys.stdout.write(
             f"{json.dumps(question['row'])}: truth {question['truth']}, "

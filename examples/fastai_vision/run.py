@@ -1,13 +1,15 @@
-"""A fastai vision Learner, end to end: train on digit images, export, serve, upload.
+"""A fastai vision Learner, end to end: train on digit images, export, convert, serve, upload.
 
-    python examples/fastai_vision/run.py    # about a minute on 2 cores; needs torchvision
+    python examples/fastai_vision/run.py    # about a minute and a half on 2 cores; torchvision
 
 Renders scikit-learn's 8x8 digits as 32x32 PNGs in one folder per class, trains a
 ``vision_learner`` (resnet18, random init: nothing is downloaded) with ``from_folder``, exports
-it with ``learn.export()``, starts ``ptserve serve export.pkl`` on a free port and classifies
-held-out PNGs uploaded as multipart files, then one more sent as base64 JSON. By hand:
+it with ``learn.export()``, converts the export once into a pickle-free folder (``ptserve
+convert``), starts ``ptserve serve`` on that folder on a free port and classifies held-out PNGs
+uploaded as multipart files, then one more sent as base64 JSON. By hand:
 
-    ptserve serve examples/fastai_vision/build/export.pkl
+    ptserve convert examples/fastai_vision/build/export.pkl examples/fastai_vision/build/digits
+    ptserve serve examples/fastai_vision/build/digits     # no fastai needed from here on
     curl -s localhost:8000/predict -F file=@examples/fastai_vision/build/held_out/0-digit-4.png
 
 fastai vision needs torchvision, which works beside ``torch==2.14.1 torchvision==0.29.1``
@@ -16,6 +18,8 @@ fastai vision needs torchvision, which works beside ``torch==2.14.1 torchvision=
 
 import argparse
 import base64
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,13 +69,23 @@ def train(out: Path, epochs: int) -> float:
         return float(learn.validate()[1])
 
 
-def serve_and_query(out: Path) -> list[tuple[str, str]]:
-    """Serve the export; upload the held-out PNGs, and send the first as base64 JSON too."""
+def convert(out: Path) -> Path:
+    """``ptserve convert`` the export into ``out/digits`` (replacing an earlier one)."""
+    folder = out / "digits"
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "ptserve", "convert", str(out / "export.pkl"), str(folder)]
+    subprocess.run(command, check=True)
+    return folder
+
+
+def serve_and_query(out: Path, folder: Path) -> list[tuple[str, str]]:
+    """Serve the converted folder; upload the held-out PNGs, and send the first as base64
+    JSON too."""
     files = sorted((out / "held_out").glob("*.png"))
     uploads = [("file", (f.name, f.read_bytes(), "image/png")) for f in files]
     as_json = {"instances": [{"image": base64.b64encode(files[0].read_bytes()).decode()}]}
     with (
-        launched(str(out / "export.pkl")) as url,
+        launched(str(folder)) as url,
         httpx.Client(base_url=url, timeout=30) as client,
     ):
         uploaded = client.post("/predict", files=uploads)
@@ -92,5 +106,5 @@ if __name__ == "__main__":
     render(args.out, args.images)
     accuracy = train(args.out, args.epochs)
     sys.stdout.write(f"validation accuracy {accuracy:.3f}; exported {args.out / 'export.pkl'}\n")
-    for name, label in serve_and_query(args.out):
+    for name, label in serve_and_query(args.out, convert(args.out)):
         sys.stdout.write(f"{name}: predicted {label}\n")

@@ -1,5 +1,6 @@
-"""Serve fastai Learners (``learn.export()``): tabular rows or images in, what
-``learn.predict`` gives out, batched.
+"""Serve trusted fastai Learners (``learn.export()`` loaded by fastai's ``load_learner`` under
+``--trust-pickle``): tabular rows or images in, what ``learn.predict`` gives out, batched.
+(Converted folders, ``ptserve/convert/``, serve the same requests and answers without fastai.)
 
 The Learner's own pieces do the work: ``learn.dls.test_dl`` turns a request's instances into
 model inputs with the training-time transforms (the preprocess hook, off the event loop),
@@ -14,6 +15,7 @@ import torch
 
 from ptserve.errors import ModelLoadError
 from ptserve.hooks import Arrays, Hooks
+from ptserve.learners.answers import learner_answers
 from ptserve.learners.tabular import TabularLearner
 from ptserve.learners.vision import VisionLearner
 from ptserve.settings import Settings
@@ -56,15 +58,4 @@ class LearnerOutputs:
         raw = torch.from_numpy(outputs[0])
         probs = getattr(self.loss, "activation", lambda x: x)(raw)
         decoded = getattr(self.loss, "decodes", lambda x: x)(probs)
-        if self.vocab is None:
-            return [{"prediction": row.tolist()} for row in decoded]
-        vocab = self.vocab
-        predictions: list[Any] = []
-        for p, d in zip(probs.tolist(), decoded, strict=True):
-            scores = dict(zip(vocab, p, strict=True))
-            if d.dim() == 0:
-                predictions.append({"label": vocab[int(d)], "probabilities": scores})
-            else:  # multi-label: every label the loss decodes as present
-                labels = [v for v, on in zip(vocab, d.tolist(), strict=True) if on]
-                predictions.append({"labels": labels, "probabilities": scores})
-        return predictions
+        return learner_answers(self.vocab, probs.numpy(), decoded.numpy())

@@ -8,8 +8,6 @@ IntToFloatTensor and Normalize), as ``learn.predict``'s ``test_dl`` does, withou
 DataLoader per request (a third of the cost for one image).
 """
 
-import base64
-import io
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ptserve.errors import InvalidInput, ModelLoadError
+from ptserve.errors import ModelLoadError
 from ptserve.hooks import Arrays
-from ptserve.images import decode_base64, open_image
+from ptserve.learners.requests import grey_image, read_image
 from ptserve.signature import Signature, spec_from_tensor
 
 # Two probe sizes: a dimension that differs between them depends on the request's image.
@@ -42,7 +40,7 @@ class VisionLearner:
     @classmethod
     def of(cls, learn: Any, max_pixels: int) -> "VisionLearner | None":
         """The vision view of ``learn``, or None when its inputs are not images."""
-        kind = _image_kind(learn)
+        kind = image_kind(learn)
         if kind is None:
             return None
         from fastai.data.core import test_set
@@ -71,13 +69,8 @@ class VisionLearner:
     @property
     def example(self) -> dict[str, str]:
         """A mid-grey PNG of the learner's input size (64x64 when the size varies)."""
-        shape = self.signature.inputs[0].shape
-        height, width = (d if d > 0 else 64 for d in shape[-2:])
-        buffer = io.BytesIO()
-        Image.new(self.mode, (width, height), 128 if self.mode == "L" else (128,) * 3).save(
-            buffer, "PNG"
-        )
-        return {"image": base64.b64encode(buffer.getvalue()).decode()}
+        height, width = (d if d > 0 else 64 for d in self.signature.inputs[0].shape[-2:])
+        return grey_image(self.mode, height, width)
 
     def preprocess(self, instances: list[Any]) -> Arrays:
         """Uploaded files (bytes) or ``{"image": "<base64>"}`` objects -> the model's batch."""
@@ -94,27 +87,13 @@ class VisionLearner:
         return np.ascontiguousarray(torch.as_tensor(batch).detach().cpu().numpy())
 
     def _image(self, instance: Any, index: int) -> Any:
-        if isinstance(instance, bytes):
-            where, data = f"files[{index}]", instance
-        elif isinstance(instance, dict) and set(instance) == {"image"}:
-            where = f"instances[{index}].image"
-            if not isinstance(instance["image"], str):
-                raise InvalidInput(f"{where}: expected a base64 string")
-            data = decode_base64(instance["image"], where)
-        else:
-            raise InvalidInput(
-                f'instances[{index}]: expected {{"image": "<base64>"}} (or upload the image '
-                "as multipart/form-data)"
-            )
-        # not turned upright by EXIF: fastai's load_image, used in training, does not either
-        image = open_image(data, self.mode, self.max_pixels, where, upright=False)
-        return self.image_type(image)
+        return self.image_type(read_image(instance, index, self.mode, self.max_pixels))
 
     def _blank(self, size: tuple[int, int]) -> Any:
         return self.image_type(Image.new(self.mode, size))
 
 
-def _image_kind(learn: Any) -> tuple[type, str] | None:
+def image_kind(learn: Any) -> tuple[type, str] | None:
     """The image type a learner's input pipeline creates, and its mode: what ``test_dl`` makes
     of a decoded image (after the steps that read a path or a column); None when its inputs are
     not images."""

@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ptserve.convert.manifest import is_converted_folder
 from ptserve.errors import ModelLoadError
 from ptserve.loading.detect import detect_format
 from ptserve.loading.formats import LOADERS
 from ptserve.settings import ModelFormat, Settings
-from ptserve.signature import DTYPE_NAMES, Signature, TensorSpec, read_example
+from ptserve.signature import (
+    DTYPE_NAMES,
+    Signature,
+    TensorSpec,
+    check_forward,
+    forward_inputs,
+    read_example,
+)
 
 if TYPE_CHECKING:
     from ptserve.hooks import Hooks
@@ -44,7 +53,16 @@ class LoadedModel:
 
 
 def inspect_file(path: Path, forced: ModelFormat | None = None) -> FileFacts:
-    """Format, size and sha256 of ``path``; raises ModelLoadError for a missing or unknown file."""
+    """Format, size and sha256 of ``path``; raises ModelLoadError for a missing or unknown file.
+    A folder written by ``ptserve convert`` is ``converted`` (sha256: of its manifest)."""
+    if forced in (None, "converted") and is_converted_folder(path):
+        from ptserve.convert.folder import folder_facts
+
+        return FileFacts(path, "converted", *folder_facts(path))
+    if path.is_dir():
+        raise ModelLoadError(
+            f"{path}: a folder, but not one 'ptserve convert' wrote (no valid ptserve.json)"
+        )
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
     digest = hashlib.sha256()
@@ -65,6 +83,10 @@ def load_model(settings: Settings) -> LoadedModel:
     try:
         if facts.format == "fastai":
             model, carried, hooks = _load_fastai(facts.path, settings)
+        elif facts.format == "converted":
+            from ptserve.convert.folder import load_folder
+
+            (model, carried), hooks = load_folder(facts.path, settings)
         else:
             model, carried = LOADERS[facts.format](facts.path, settings)
     except ModelLoadError:
@@ -74,9 +96,12 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"{facts.path}: cannot load as {facts.format}: {cause}") from None
     if isinstance(model, torch.nn.Module):
         model = model.to(device)
-        if facts.format != "export":  # exported graphs are captured in eval mode already
+        if facts.format not in ("export", "converted"):  # exported graphs: eval mode already
             model.eval()
     signature = resolve_signature(settings, model, carried)
+    mismatch = check_forward(model, signature)
+    if mismatch is not None:
+        log.warning("%s: %s", facts.path, mismatch)
     log.info(
         "loaded %s (%s) on %s; inputs from %s", facts.path, facts.format, device, signature.source
     )
@@ -84,37 +109,52 @@ def load_model(settings: Settings) -> LoadedModel:
 
 
 def _load_fastai(path: Path, settings: Settings) -> tuple[torch.nn.Module, Signature, "Hooks"]:
-    """A fastai export's model, signature and built-in hooks (imports fastai, lazily)."""
+    """A fastai export's model, signature and built-in hooks, loaded by fastai's own
+    ``load_learner`` (imported lazily) when the operator trusts the file; refused otherwise."""
+    if not settings.trust_pickle:
+        raise ModelLoadError(fastai_refusal(path))
     if importlib.util.find_spec("fastai") is None:
         raise ModelLoadError(
             f"{path}: a fastai export, but fastai is not installed; install the fastai extra "
-            "(see the README)"
+            "(see the README), or convert it where fastai is installed: ptserve convert"
         )
-    from ptserve.learners import learner_parts
-    from ptserve.loading.fastai import load_learner_safely
+    from fastai.learner import load_learner
 
-    if settings.trust_pickle:
-        log.warning("loading %s with --trust-pickle: the file can run any code", path)
-        learn = torch.load(path, weights_only=False, map_location="cpu")
-    else:
-        learn = load_learner_safely(path, [*settings.trust_modules, *_class_module(settings)])
+    from ptserve.learners import learner_parts
+
+    log.warning("loading %s with --trust-pickle: the file can run any code", path)
+    with warnings.catch_warnings():  # fastai's warning says what the line above says
+        warnings.simplefilter("ignore", UserWarning)
+        learn = load_learner(path, cpu=True)
     return learner_parts(learn, str(path), settings)
 
 
-def _class_module(settings: Settings) -> list[str]:
-    return [settings.model_class.partition(":")[0]] if settings.model_class else []
+def fastai_refusal(path: Path) -> str:
+    """Why a fastai export is refused without trust, and the two ways forward, in one line."""
+    return (
+        f"{path}: refusing to load a fastai Learner export: it is a full Python pickle, which "
+        f"can run code when loaded. Convert it once to a pickle-free folder with 'ptserve "
+        f"convert {path} OUT_DIR' and serve that with 'ptserve serve OUT_DIR', or, if you "
+        "trust this file, serve it with --trust-pickle."
+    )
 
 
 def resolve_signature(
     settings: Settings, model: Callable[..., Any], carried: Signature | None
 ) -> Signature:
     """The input signature: settings, else the artefact's own, else an example file, else the
-    first layer's width for a model that starts with ``nn.Linear``."""
+    first layer's width for a model that starts with ``nn.Linear`` and takes one input."""
     names = settings.input_names
     if settings.input_shape is not None:
-        dtype = settings.input_dtype or _float_dtype(model)
-        spec = TensorSpec((names or ["input"])[0], dtype, tuple(settings.input_shape))
-        return Signature((spec,), source="settings")
+        shapes = settings.input_shape
+        if isinstance(shapes, list):
+            shapes = {(names or ["input"])[0]: shapes}
+        order = names or list(shapes)
+        default = _float_dtype(model)
+        specs = tuple(
+            TensorSpec(n, _dtype(settings, n) or default, tuple(shapes[n])) for n in order
+        )
+        return Signature(specs, source="settings")
     if carried is not None:
         return _renamed(carried, names)
     example = settings.example_input or _beside(settings.model_path, ".example.npy", ".example.npz")
@@ -124,14 +164,33 @@ def resolve_signature(
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{example}: unreadable example input ({exc})") from None
     first = next((m for m in _leaves(model) if not isinstance(m, torch.nn.Identity)), None)
-    if isinstance(first, torch.nn.Linear):
-        dtype = settings.input_dtype or DTYPE_NAMES[first.weight.dtype]
-        spec = TensorSpec((names or ["input"])[0], dtype, (first.in_features,))
-        return Signature((spec,), source="first nn.Linear layer")
-    raise ModelLoadError(
-        f"{settings.model_path}: the input shape is unknown; give it with --input-shape "
-        "(e.g. --input-shape 3 224 224) or save an example batch beside the model as "
-        f"{settings.model_path.stem}.example.npy"
+    inputs = forward_inputs(model)
+    if isinstance(first, torch.nn.Linear) and (inputs is None or len(inputs) <= 1):
+        dtype = _dtype(settings, (names or ["input"])[0]) or DTYPE_NAMES[first.weight.dtype]
+        spec = TensorSpec("input", dtype, (first.in_features,))
+        return _renamed(Signature((spec,), source="first nn.Linear layer"), names)
+    raise ModelLoadError(f"{settings.model_path}: {_unknown_shape(settings.model_path, inputs)}")
+
+
+def _dtype(settings: Settings, name: str) -> str | None:
+    """The dtype the settings give input ``name`` (None: not given)."""
+    dtype = settings.input_dtype
+    return dtype.get(name) if isinstance(dtype, dict) else dtype
+
+
+def _unknown_shape(path: Path, inputs: list[str] | None) -> str:
+    """The advice for a model whose input shape nothing gives, fitted to forward's inputs."""
+    example = f"save an example batch beside the model as {path.stem}.example"
+    if inputs is not None and len(inputs) > 1:
+        flags = " ".join(f"{n}=DIMS" for n in inputs)
+        return (
+            f"the input shapes are unknown; forward takes {len(inputs)} inputs "
+            f"({', '.join(inputs)}): give a shape per input with --input-shape {flags} (DIMS "
+            f"like 3,224,224), or {example}.npz with one array per input"
+        )
+    return (
+        "the input shape is unknown; give it with --input-shape (e.g. --input-shape 3 224 224) "
+        f"or {example}.npy"
     )
 
 
@@ -139,7 +198,13 @@ def _renamed(signature: Signature, names: list[str] | None) -> Signature:
     if not names:
         return signature
     if len(names) != len(signature.inputs):
-        raise ModelLoadError(f"{len(names)} input names given for {len(signature.inputs)} inputs")
+        given = ", ".join(s.name for s in signature.inputs)
+        count = f"{len(signature.inputs)} input{'s' if len(signature.inputs) != 1 else ''}"
+        raise ModelLoadError(
+            f"{len(names)} input names given ({', '.join(names)}) but the {signature.source} "
+            f"gives {count} ({given}); give one name per input, or a shape per input: "
+            "--input-shape NAME=DIMS ..."
+        )
     specs = tuple(
         TensorSpec(n, s.dtype, s.shape) for n, s in zip(names, signature.inputs, strict=True)
     )

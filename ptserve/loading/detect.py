@@ -1,7 +1,6 @@
 """Tell a model file's format from its content, not its suffix."""
 
 import _compat_pickle
-import json
 import pickletools
 import struct
 import zipfile
@@ -11,6 +10,14 @@ from typing import Any, cast
 import torch
 
 from ptserve.errors import ModelLoadError
+from ptserve.loading.archive import ZipIndex, open_zip
+from ptserve.loading.limits import (
+    MAX_PICKLE_BYTES,
+    MAX_PICKLE_OPS,
+    MAX_SAFETENSORS_DEPTH,
+    MAX_SAFETENSORS_HEADER,
+    read_json,
+)
 from ptserve.settings import ModelFormat
 
 PICKLE_PROTOCOL_2_PLUS = 0x80
@@ -22,7 +29,7 @@ def detect_format(path: Path) -> ModelFormat:
     with path.open("rb") as f:
         head = f.read(8)
     if zipfile.is_zipfile(path):
-        return _zip_format(path)
+        return _zip_format(open_zip(path))
     if head[:4] == ZIP_MAGIC:
         raise ModelLoadError(f"{path}: corrupt or truncated archive")
     if _is_safetensors(path, head):
@@ -38,25 +45,18 @@ def detect_format(path: Path) -> ModelFormat:
     )
 
 
-def _zip_format(path: Path) -> ModelFormat:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile as exc:
-        raise ModelLoadError(f"{path}: corrupt archive ({exc})") from None
-    inner = {name.split("/", 1)[-1] for name in names}
-    if "models/model.json" in inner or any(
-        n.endswith("serialized_exported_program.json") for n in inner
-    ):
+def _zip_format(index: ZipIndex) -> ModelFormat:
+    names = index.entries
+    if "models/model.json" in names or "serialized_exported_program.json" in names:
         return "export"
-    if "constants.pkl" in inner and any(n.startswith("code/") for n in inner):
+    if "constants.pkl" in names and any(n.startswith("code/") for n in names):
         return "torchscript"
-    if "data.pkl" in inner:
-        names = pickle_globals(path)
-        if any(name.startswith("fastai.") for name in names):
+    if "data.pkl" in names:
+        found = archive_globals(index)
+        if any(name.startswith("fastai.") for name in found):
             return "fastai"
-        return "pickle" if names else "state_dict"
-    raise ModelLoadError(f"{path}: a zip archive, but not one torch wrote")
+        return "pickle" if found else "state_dict"
+    raise ModelLoadError(f"{index.path}: a zip archive, but not one torch wrote")
 
 
 def pickle_globals(path: Path) -> list[str]:
@@ -65,15 +65,27 @@ def pickle_globals(path: Path) -> list[str]:
 
     Reads the pickle opcodes only; nothing in the file is executed.
     """
+    return archive_globals(open_zip(path))
+
+
+def archive_globals(index: ZipIndex, record: str = "data.pkl") -> list[str]:
+    """Globals beyond torch's weights-only defaults that the pickle ``record`` of a checked
+    archive names (its opcodes are read, never run)."""
+    if record not in index.entries:
+        raise ModelLoadError(f"{index.path}: not a torch.save archive (no {record})")
+    data = index.read(record, MAX_PICKLE_BYTES)
     try:
-        with zipfile.ZipFile(path) as archive:
-            record = next(n for n in archive.namelist() if n.split("/", 1)[-1] == "data.pkl")
-            data = archive.read(record)
         names = _globals_in(data)
+    except PickleTooLong as exc:
+        raise ModelLoadError(f"{index.path}: {record} {exc}") from None
     except Exception as exc:
-        raise ModelLoadError(f"{path}: corrupt torch.save file ({exc})") from None
+        raise ModelLoadError(f"{index.path}: corrupt torch.save file ({exc})") from None
     safe = torch._weights_only_unpickler._get_allowed_globals()
     return [name for name in names if name not in safe]
+
+
+class PickleTooLong(ValueError):
+    """A pickle with more opcodes than ptserve reads."""
 
 
 STRING_OPCODES = frozenset(
@@ -89,7 +101,9 @@ def _globals_in(data: bytes) -> list[str]:
     memo: dict[int, str | None] = {}
     protocol = 0
     pushed: list[str | None] = []  # what the latest opcodes pushed, while it is known
-    for opcode, value, _ in pickletools.genops(data):
+    for count, (opcode, value, _) in enumerate(pickletools.genops(data)):
+        if count >= MAX_PICKLE_OPS:
+            raise PickleTooLong(f"has more than {MAX_PICKLE_OPS} opcodes; ptserve reads no more")
         op, arg = opcode.name, cast(Any, value)
         if op == "FRAME":  # protocol 4 framing: may fall between a STACK_GLOBAL's two names
             continue
@@ -127,15 +141,20 @@ def _python3_name(module: str, name: str, protocol: int) -> str:
 
 
 def _is_safetensors(path: Path, head: bytes) -> bool:
+    """Whether ``path`` starts like a safetensors file: a little-endian header length that fits
+    the file, then a JSON object. A header that starts so but is no valid, bounded JSON object
+    is refused here, in one line."""
     if len(head) < 8:
         return False
     (header_len,) = struct.unpack("<Q", head)
-    if header_len > min(path.stat().st_size - 8, 100_000_000):
+    if header_len > min(path.stat().st_size - 8, MAX_SAFETENSORS_HEADER):
         return False
     with path.open("rb") as f:
         f.seek(8)
         header = f.read(header_len)
-    try:
-        return isinstance(json.loads(header), dict)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    if not header.lstrip(b" ").startswith(b"{"):
         return False
+    value = read_json(header, f"{path}: safetensors header", MAX_SAFETENSORS_DEPTH)
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path}: the safetensors header is not a JSON object")
+    return True

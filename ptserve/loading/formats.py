@@ -2,6 +2,8 @@
 signature; none of them executes code from the file unless the operator opted in."""
 
 import importlib
+import inspect
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -12,10 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from ptserve.errors import ModelLoadError
+from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
-from ptserve.loading.safety import resolve_allowed
+from ptserve.loading.safetensors_header import read_header
+from ptserve.loading.safety import resolve_allowed, script_pickle
+from ptserve.loading.torchscript import torchscript_problems
 from ptserve.settings import Settings
-from ptserve.signature import Signature, spec_from_tensor
+from ptserve.signature import Signature
 
 log = logging.getLogger("ptserve")
 Loaded = tuple[Callable[..., Any], Signature | None]
@@ -23,12 +28,16 @@ Loaded = tuple[Callable[..., Any], Signature | None]
 
 def load_pickle(path: Path, settings: Settings) -> Loaded:
     """A whole pickled nn.Module, unpickled with torch's weights-only loader and our allowlist."""
-    if settings.trust_pickle:
-        log.warning("loading %s with --trust-pickle: the file can run any code", path)
-        return _module(path, torch.load(path, weights_only=False, map_location="cpu")), None
     trusted = [*settings.trust_modules, *_class_module(settings)]
+    names = pickle_globals(path)
+    add_import_paths(path)
+    if settings.trust_pickle:
+        unpickler = script_pickle(names, trusted, str(path))
+        log.warning("loading %s with --trust-pickle: the file can run any code", path)
+        model = torch.load(path, weights_only=False, map_location="cpu", pickle_module=unpickler)
+        return _module(path, model), None
     try:
-        allowed = resolve_allowed(pickle_globals(path), trusted, str(path))
+        allowed = resolve_allowed(names, trusted, str(path))
     except ImportError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     with torch.serialization.safe_globals(allowed):  # type: ignore[arg-type]
@@ -46,7 +55,9 @@ def load_state_dict(path: Path, settings: Settings) -> Loaded:
 
 
 def load_safetensors(path: Path, settings: Settings) -> Loaded:
-    """A safetensors file (memory-mapped), loaded into ``settings.model_class``."""
+    """A safetensors file (memory-mapped, its header checked first), loaded into
+    ``settings.model_class``."""
+    read_header(path)
     return _into_class(path, load_file(path), settings), None
 
 
@@ -55,6 +66,7 @@ def _into_class(path: Path, state: dict[str, torch.Tensor], settings: Settings) 
         raise ModelLoadError(
             f"{path}: holds only weights; name the model class with --model-class module:Class"
         )
+    add_import_paths(path)
     try:
         cls = import_object(settings.model_class)
     except ModelLoadError as exc:
@@ -62,44 +74,83 @@ def _into_class(path: Path, state: dict[str, torch.Tensor], settings: Settings) 
     try:
         model = cls(**settings.model_kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: {settings.model_class}(...) failed: {exc}") from None
+        raise ModelLoadError(
+            f"{path}: {settings.model_class}(**{json.dumps(settings.model_kwargs)}) failed: "
+            f"{exc}; {_kwargs_hint(cls, settings.model_kwargs)}"
+        ) from None
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"{path}: {settings.model_class} is not a torch.nn.Module")
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         cause = " ".join(str(exc).split())
+        hint = (
+            "; were the weights saved from a model built with other arguments? Give those "
+            "with --model-kwargs"
+            if "size mismatch" in cause
+            else ""
+        )
         raise ModelLoadError(
-            f"{path}: weights do not fit {settings.model_class}: {cause}"
+            f"{path}: weights do not fit {settings.model_class}: {cause}{hint}"
         ) from None
     return model
 
 
+def _kwargs_hint(cls: Any, given: dict[str, Any]) -> str:
+    """Where a model class's constructor arguments go, naming the ones still missing."""
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # a class whose signature Python cannot tell
+        parameters = []
+    needed = [
+        p.name
+        for p in parameters
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in given
+    ]
+    if not needed:
+        return "constructor arguments go in --model-kwargs as JSON"
+    example = ", ".join(f'"{name}": ...' for name in needed)
+    return f"give the constructor's arguments with --model-kwargs '{{{example}}}'"
+
+
 def load_torchscript(path: Path, settings: Settings) -> Loaded:
-    """A TorchScript archive (torch.jit.save)."""
+    """A TorchScript archive (torch.jit.save): its pickles go through TorchScript's own
+    unpickler (``loading/torchscript.py`` says why that is safe); code that reads server files
+    is refused unless the operator trusts the file."""
+    problems = torchscript_problems(open_zip(path))
+    if problems and not settings.trust_pickle:
+        raise untrusted(path, problems)
     return torch.jit.load(str(path), map_location="cpu"), None  # type: ignore[no-untyped-call]
 
 
 def load_export(path: Path, settings: Settings) -> Loaded:
-    """A torch.export program (.pt2); its input specs become the signature."""
-    program = torch.export.load(path)
-    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    specs = []
-    for name in program.graph_signature.user_inputs:
-        value = placeholders[name].meta["val"]
-        dynamic = frozenset(i for i, d in enumerate(value.shape) if isinstance(d, torch.SymInt))
-        if 0 not in dynamic:
-            raise ModelLoadError(
-                f"{path}: exported with a fixed batch of {value.shape[0]}; export with "
-                "dynamic_shapes={...: {0: Dim('batch')}} and an example batch of 2 or more"
-            )
-        concrete = torch.empty(
-            [1 if isinstance(d, torch.SymInt) else d for d in value.shape],
-            dtype=value.dtype,
-            device="meta",
-        )
-        specs.append(spec_from_tensor(name, concrete, dynamic))
-    return program.module(), Signature(tuple(specs), source="torch.export input specs")
+    """A torch.export program (.pt2); its input specs become the signature.
+
+    The archive is read as data first (``loading/export_archive.py``): one that would make
+    torch unpickle or run code from the file is refused unless the operator trusts it.
+    """
+    # imported here: the checks need torch.export's serde and sympy (70 MB), as loading does
+    from ptserve.loading.export_archive import example_problems, read_export
+
+    archive = read_export(path)
+    if settings.trust_pickle:
+        log.warning("loading %s with --trust-pickle: the file can run any code", path)
+    elif problems := archive.unsafe or example_problems(archive):
+        raise untrusted(path, problems)
+    signature = archive.signature()
+    return torch.export.load(path).module(), signature
+
+
+def untrusted(path: Path, problems: list[str]) -> ModelLoadError:
+    """The one-line refusal of a file that would run code from itself if loaded: the first
+    problem, how many more, and the opt-in."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ModelLoadError(
+        f"{path}: refusing to load: {problems[0]}{more}. If you trust this file, load it "
+        "with --trust-pickle."
+    )
 
 
 LOADERS: dict[str, Callable[[Path, Settings], Loaded]] = {
@@ -109,6 +160,14 @@ LOADERS: dict[str, Callable[[Path, Settings], Loaded]] = {
     "torchscript": load_torchscript,
     "export": load_export,
 }
+
+
+def add_import_paths(model_path: Path) -> None:
+    """Put the current folder and the model's folder on the import path (as ``python -m`` and
+    ``python script.py`` do): that is where a user's model classes usually live."""
+    for folder in (str(model_path.resolve().parent), ""):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 def import_object(target: str) -> Any:

@@ -19,7 +19,12 @@ from typing import TextIO
 import orjson
 
 LOGGER = "ptserve.access"
-QUIET_PREFIXES = ("/health", "/v2/health", "/metrics")
+QUIET_PREFIXES = (
+    "/health", "/v2/health", "/metrics",
+    # gRPC's health calls
+    "/grpc.health.v1.Health/", "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)  # fmt: skip
 BATCH_S = 0.02  # how long the writer gathers lines before a write
 # The JSON log format's fields, in its order (ptserve.observability.logs.JsonFormatter).
 JSON_LINE = (
@@ -36,6 +41,7 @@ class AccessLog:
     batches to ``stream`` (default: standard error, as the other log lines)."""
 
     def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
+        """``fmt``: ``json`` or ``text`` (resolve ``auto`` first: logs.resolve_format)."""
         self.json = fmt == "json"
         self.stream = stream if stream is not None else sys.stderr
         logger = logging.getLogger(LOGGER)
@@ -83,11 +89,13 @@ class AccessLog:
 
     def _format(self, entry: Entry) -> str:
         when, quiet, method, path, route, status, code, seconds, model, request_id, version = entry
-        if not self.json:
-            why = f" {code}" if code is not None else ""
-            level = "DEBUG" if quiet else "INFO"
+        if not self.json:  # as ptserve.observability.logs.TextFormatter lays lines out
+            level = "DEBUG:   " if quiet else "INFO:    "
+            extra = f" model_version={version}" if version is not None else ""
+            extra += f" code={code}" if code is not None else ""
             return (
-                f"{level}:     {method} {path} {status}{why} {seconds * 1000:.3f}ms id={request_id}"
+                f"{level} {method} {path} {status}  duration_ms={seconds * 1000:.3f} "
+                f"model={model}{extra} request_id={request_id}"
             )
         second = int(when)
         if second != self._second:  # the date and time change once a second: format them once

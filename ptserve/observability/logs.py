@@ -1,17 +1,21 @@
-"""Logging: one JSON object per line (or plain text), carrying the request id when there is one.
+"""Logging: one JSON object per line, or text for a person at a terminal; both carry the
+request id when there is one.
 
-Extra fields go in ``extra={"fields": {...}}``; they become keys of the JSON object.
+Extra fields go in ``extra={"fields": {...}}``; they become keys of the JSON object, and
+``key=value`` pairs after a text line's message.
 """
 
 import logging
+import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
 from ptserve.observability import context
 
-TEXT_FORMAT = "%(levelname)s:     %(message)s"
+# Fields a text line leaves out: an access line's message already says them.
+SAID_BY_MESSAGE = frozenset({"event", "method", "path", "route", "status"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,9 +37,33 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Lines laid out as uvicorn's own (``INFO:     message``), followed by the record's fields
+    as ``key=value`` (``POST /predict 422  duration_ms=0.41 model=digits request_id=...``)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        fields = {
+            k: v for k, v in getattr(record, "fields", {}).items() if k not in SAID_BY_MESSAGE
+        }
+        request_id = context.request_id.get()
+        if request_id is not None:
+            fields["request_id"] = request_id
+        line = f"{record.levelname + ':':<9} {record.getMessage()}"
+        return f"{line}  {' '.join(f'{k}={v}' for k, v in fields.items())}" if fields else line
+
+
+def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
+    """``json`` or ``text``; ``auto`` is text when ``stream`` (default: stderr, where the logs
+    go) is a terminal, JSON otherwise (a log collector, a file, a pipe)."""
+    if fmt != "auto":
+        return fmt
+    stream = stream or sys.stderr
+    return "text" if stream.isatty() else "json"
+
+
 def log_config(level: str, fmt: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn's and ptserve's loggers."""
-    formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
+    chosen = JsonFormatter if resolve_format(fmt) == "json" else TextFormatter
     handler = {
         "class": "logging.StreamHandler",
         "formatter": "default",
@@ -48,7 +76,7 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": formatter},
+        "formatters": {"default": {"()": chosen}},
         "handlers": {"default": handler},
         "loggers": loggers,
     }
@@ -62,5 +90,5 @@ def setup_logging(level: str, fmt: str) -> None:
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if resolve_format(fmt) == "json" else TextFormatter())
     logger.addHandler(handler)

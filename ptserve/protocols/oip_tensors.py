@@ -6,11 +6,13 @@ whose ``parameters.binary_data_size`` gives its byte count, in the order they ar
 
 Pure numpy and orjson, no torch: the server decodes requests and encodes responses here, and
 ``ptserve.client`` shares the datatypes without importing torch. Errors are 400s a person can
-read.
+read. The checks that do not depend on JSON (names, datatypes, shapes, values, BYTES elements)
+are public: the gRPC codec (``grpc_tensors``) makes the same ones with the same messages.
 """
 
 import base64
 import binascii
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,9 +47,14 @@ BYTES = "BYTES"
 LENGTH_PREFIX = 4  # a BYTES element in binary: a little-endian uint32 length, then the bytes
 
 
+# By dtype object: numpy computes dtype.name in Python, a few microseconds a request
+_BY_DTYPE: dict[np.dtype[Any], str] = {np.dtype(name): oip for name, oip in DATATYPES.items()}
+
+
 def datatype(dtype: np.dtype[Any]) -> str:
     """The OIP datatype of a numpy dtype, e.g. ``FP32`` for float32; KeyError when it has none."""
-    return DATATYPES[dtype.name]
+    found = _BY_DTYPE.get(dtype)
+    return found if found is not None else DATATYPES[dtype.name]
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,12 @@ class WireSpec:
     shape: tuple[int, ...]
     content: Literal["file", "json"] | None = None
 
-    @property
+    @functools.cached_property
     def datatype(self) -> str:
         """The OIP datatype requests must give for this input."""
         return BYTES if self.dtype is None else datatype(self.dtype)
 
-    @property
+    @functools.cached_property
     def datatypes(self) -> list[str]:
         """Every datatype this input accepts."""
         if self.dtype is None:
@@ -137,25 +144,53 @@ def decode_request(
     arrays: list[Array | list[Any] | None] = [None] * len(inputs)
     offset = header_length
     for position, raw in enumerate(entries):
-        entry, name = _named(raw, f"inputs[{position}]", list(index), "input", "takes")
+        entry = _object(raw, f"inputs[{position}]")
+        name = known_name(entry.get("name"), f"inputs[{position}]", list(index), "input", "takes")
         if arrays[index[name]] is not None:
             raise InvalidTensor(f"input '{name}' is given twice")
         spec = inputs[index[name]]
         array, offset = _input(entry, spec, view, offset, binary, max_batch)
-        if isinstance(array, list):
-            arrays[index[name]] = array
-            continue
-        if not allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidTensor(
-                f"input '{name}': NaN and Infinity are not allowed (nor values beyond "
-                f"{spec.datatype}'s range); see the allow_nan setting"
-            )
+        if not isinstance(array, list):
+            check_finite(array, spec, allow_nan)
         arrays[index[name]] = array
     if offset != len(view):
         raise InvalidTensor(
             f"the body has {len(view) - header_length} bytes after the JSON header but the "
             f"inputs' binary_data_size add up to {offset - header_length}"
         )
+    outputs = _requested(request.get("outputs"), output_names, binary_outputs)
+    return InferRequest(complete_inputs(inputs, arrays), outputs, request_id)
+
+
+def known_name(name: Any, where: str, known: Sequence[str], kind: str, verb: str) -> str:
+    """``name`` when it is one of ``known``, the model's names of this ``kind`` (input, output);
+    ``verb`` says what the model does with them in the error (takes, gives)."""
+    if not isinstance(name, str) or name not in known:
+        raise InvalidTensor(f"{where}: unknown {kind} {name!r}; the model {verb} {_quoted(known)}")
+    return name
+
+
+def check_datatype(given: Any, accepted: Sequence[str], where: str) -> str:
+    """``given`` when it is one of the ``accepted`` datatypes."""
+    if given not in accepted:
+        wanted = " or ".join(repr(d) for d in accepted)
+        raise InvalidTensor(f"{where}: datatype {given!r} does not match the model's {wanted}")
+    return str(given)
+
+
+def check_finite(array: Array, spec: WireSpec, allow_nan: bool) -> None:
+    """Refuse NaN and Infinity in a float input unless ``allow_nan``."""
+    if not allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidTensor(
+            f"input '{spec.name}': NaN and Infinity are not allowed (nor values beyond "
+            f"{spec.datatype}'s range); see the allow_nan setting"
+        )
+
+
+def complete_inputs(
+    inputs: Sequence[WireSpec], arrays: Sequence[Array | list[Any] | None]
+) -> list[Array | list[Any]]:
+    """Every input decoded (in the model's order), with one batch size."""
     missing = [spec.name for spec, array in zip(inputs, arrays, strict=True) if array is None]
     if missing:
         raise InvalidTensor(f"missing input {_quoted(missing)}; the model takes {_names(inputs)}")
@@ -163,8 +198,7 @@ def decode_request(
     sizes = {spec.name: len(array) for spec, array in zip(inputs, batched, strict=True)}
     if len(set(sizes.values())) > 1:
         raise InvalidTensor(f"the inputs' batch sizes (first dims) differ: {sizes}")
-    outputs = _requested(request.get("outputs"), output_names, binary_outputs)
-    return InferRequest(batched, outputs, request_id)
+    return batched
 
 
 def encode_response(
@@ -181,13 +215,7 @@ def encode_response(
         if isinstance(array, list):
             tensors.append(_bytes_output(name, array, binary, raw))
             continue
-        try:
-            kind = datatype(array.dtype)
-        except KeyError:
-            raise ModelFailure(
-                f"output '{name}' has dtype {array.dtype}, which no Open Inference Protocol "
-                "datatype carries"
-            ) from None
+        kind = output_datatype(name, array)
         flat = np.ascontiguousarray(array).reshape(-1)
         tensor: dict[str, Any] = {"name": name, "datatype": kind, "shape": list(array.shape)}
         if binary:
@@ -206,10 +234,26 @@ def encode_response(
     return b"".join([header, *raw]), len(header)
 
 
+def output_datatype(name: str, array: Array) -> str:
+    """The datatype an output travels as; a 500 for a dtype no OIP datatype carries."""
+    try:
+        return datatype(array.dtype)
+    except KeyError:
+        raise ModelFailure(
+            f"output '{name}' has dtype {array.dtype}, which no Open Inference Protocol "
+            "datatype carries"
+        ) from None
+
+
+def pack_bytes(elements: Sequence[bytes]) -> bytes:
+    """A binary BYTES tensor: each element as its little-endian uint32 length and its bytes."""
+    return b"".join(len(e).to_bytes(LENGTH_PREFIX, "little") + e for e in elements)
+
+
 def _bytes_output(name: str, elements: list[bytes], binary: bool, raw: list[Any]) -> dict[str, Any]:
     tensor: dict[str, Any] = {"name": name, "datatype": BYTES, "shape": [len(elements)]}
     if binary:
-        packed = b"".join(len(e).to_bytes(LENGTH_PREFIX, "little") + e for e in elements)
+        packed = pack_bytes(elements)
         tensor["parameters"] = {"binary_data_size": len(packed)}
         raw.append(packed)
     else:
@@ -229,14 +273,10 @@ def _input(
     tensor (``binary``: the request has a binary part, as Inference-Header-Content-Length
     says)."""
     where = f"input '{spec.name}'"
-    given = entry.get("datatype")
-    if given not in spec.datatypes:
-        wanted = " or ".join(repr(d) for d in spec.datatypes)
-        raise InvalidTensor(f"{where}: datatype {given!r} does not match the model's {wanted}")
-    if given == BYTES:
+    if check_datatype(entry.get("datatype"), spec.datatypes, where) == BYTES:
         return _bytes_input(entry, spec, body, offset, binary, max_batch)
     assert spec.dtype is not None
-    shape = _shape(entry.get("shape"), spec.shape, where, max_batch)
+    shape = check_shape(entry.get("shape"), spec.shape, where, max_batch)
     count = math.prod(shape)  # Python ints: no int64 overflow for absurd shapes
     parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
     if "shared_memory_region" in parameters:
@@ -245,7 +285,7 @@ def _input(
     if size is None:
         if "data" not in entry:
             raise InvalidTensor(f"{where}: no data; give 'data' or a binary tensor")
-        return _from_json(entry["data"], spec, shape, count, where), offset
+        return array_from_values(entry["data"], spec, shape, count, where), offset
     if "data" in entry:
         raise InvalidTensor(f"{where}: give either 'data' or binary_data_size, not both")
     if not binary:
@@ -281,7 +321,7 @@ def _bytes_input(
 ) -> tuple[list[Any], int]:
     """A BYTES input: one element per sample (an encoded file, or an instance as JSON)."""
     where = f"input '{spec.name}'"
-    shape = _shape(entry.get("shape"), (), where, max_batch)
+    shape = check_shape(entry.get("shape"), (), where, max_batch)
     count = shape[0]
     size = _object(entry.get("parameters", {}), f"{where}: parameters").get("binary_data_size")
     if size is None:
@@ -299,22 +339,35 @@ def _bytes_input(
         )
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(body) - offset:
         raise InvalidTensor(f"{where}: binary_data_size {size!r} does not fit the body")
+    end = offset + size
+    return unpack_bytes(body[offset:end], spec, shape, where), end
+
+
+def unpack_bytes(packed: memoryview, spec: WireSpec, shape: list[int], where: str) -> list[Any]:
+    """The elements of a binary BYTES tensor of ``shape`` (``[count]``), each a length-prefixed
+    run of bytes: the bytes themselves, or (for a JSON input) the instance they encode."""
     elements: list[Any] = []
-    position, end = offset, offset + size
+    position, end = 0, len(packed)
     while position < end:
         if position + LENGTH_PREFIX > end:
             raise InvalidTensor(f"{where}: a BYTES element's length runs past its tensor")
-        length = int.from_bytes(body[position : position + LENGTH_PREFIX], "little")
+        length = int.from_bytes(packed[position : position + LENGTH_PREFIX], "little")
         position += LENGTH_PREFIX
         if position + length > end:
             raise InvalidTensor(f"{where}: a BYTES element runs past its tensor")
-        raw = bytes(body[position : position + length])
+        raw = bytes(packed[position : position + length])
         position += length
-        where_i = f"{where}[{len(elements)}]"
-        elements.append(_json_element(raw, where_i) if spec.content == "json" else raw)
-    if len(elements) != count:
-        raise InvalidTensor(f"{where}: {len(elements)} BYTES elements; shape {shape} needs {count}")
-    return elements, end
+        elements.append(bytes_element(raw, spec, f"{where}[{len(elements)}]"))
+    if len(elements) != shape[0]:
+        raise InvalidTensor(
+            f"{where}: {len(elements)} BYTES elements; shape {shape} needs {shape[0]}"
+        )
+    return elements
+
+
+def bytes_element(raw: bytes, spec: WireSpec, where: str) -> Any:
+    """One BYTES element as it travels in binary: a file's bytes, or an instance's JSON text."""
+    return _json_element(raw, where) if spec.content == "json" else raw
 
 
 def _element(text: str, spec: WireSpec, where: str) -> Any:
@@ -336,12 +389,19 @@ def _json_element(raw: bytes, where: str) -> Any:
         raise InvalidTensor(f"{where}: not a JSON instance ({exc})") from None
 
 
-def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: str) -> Array:
+def array_from_values(
+    data: Any, spec: WireSpec, shape: list[int], count: int, where: str, field: str = "data"
+) -> Array:
+    """``count`` values (nested or flat; ``field`` names them in errors) as an array of
+    ``spec``'s dtype and ``shape``: numbers for floats, integers in range for integers,
+    booleans for BOOL."""
     assert spec.dtype is not None
     try:
         values = np.asarray(data)
     except ValueError:
-        raise InvalidTensor(f"{where}: data is nested unevenly; expected {count} values") from None
+        raise InvalidTensor(
+            f"{where}: {field} is nested unevenly; expected {count} values"
+        ) from None
     kind = spec.dtype.kind
     if values.size and values.dtype.kind not in ACCEPTED_KINDS[kind]:
         raise InvalidTensor(
@@ -349,7 +409,9 @@ def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: s
             f"got {describe_value(values.reshape(-1)[:1].tolist()[0])}"
         )
     if values.size != count:
-        raise InvalidTensor(f"{where}: data has {values.size} values; shape {shape} needs {count}")
+        raise InvalidTensor(
+            f"{where}: {field} has {values.size} values; shape {shape} needs {count}"
+        )
     if kind in "iu" and values.size:
         info = np.iinfo(spec.dtype)
         low, high = values.min(), values.max()
@@ -360,7 +422,7 @@ def _from_json(data: Any, spec: WireSpec, shape: list[int], count: int, where: s
         return values.astype(spec.dtype, copy=False).reshape(shape)
 
 
-def _shape(shape: Any, sample: tuple[int, ...], where: str, max_batch: int) -> list[int]:
+def check_shape(shape: Any, sample: tuple[int, ...], where: str, max_batch: int) -> list[int]:
     """Check ``shape`` is ``[batch, *sample]`` (-1 in ``sample``: any size)."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
@@ -391,7 +453,8 @@ def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> li
         )
     chosen: list[RequestedOutput] = []
     for position, raw in enumerate(requested):
-        entry, name = _named(raw, f"outputs[{position}]", names, "output", "gives")
+        entry = _object(raw, f"outputs[{position}]")
+        name = known_name(entry.get("name"), f"outputs[{position}]", names, "output", "gives")
         if any(output.name == name for output in chosen):
             raise InvalidTensor(f"output '{name}' is requested twice")
         where = f"output '{name}': parameters"
@@ -415,17 +478,6 @@ def _flag(parameters: dict[str, Any], key: str, where: str, default: bool = Fals
     if not isinstance(value, bool):
         raise InvalidTensor(f"{where}: {key} must be true or false, got {describe_value(value)}")
     return value
-
-
-def _named(
-    raw: Any, where: str, known: Sequence[str], kind: str, verb: str
-) -> tuple[dict[str, Any], str]:
-    """A tensor entry (JSON object) and its name, which must be one of ``known``."""
-    entry = _object(raw, where)
-    name = entry.get("name")
-    if not isinstance(name, str) or name not in known:
-        raise InvalidTensor(f"{where}: unknown {kind} {name!r}; the model {verb} {_quoted(known)}")
-    return entry, name
 
 
 def _names(inputs: Sequence[WireSpec]) -> str:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Error, Page, sync_playwright
 
+from tests.guards import UI_STEP_S, hang_guard
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -16,7 +18,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-UI_TIMEOUT_MS = 20_000
+
+
+def ui_timeout_ms() -> float:
+    """How long a page step may take before the test calls it hung (see tests/guards.py)."""
+    return hang_guard(UI_STEP_S) * 1000
 
 
 @contextlib.contextmanager
@@ -33,7 +39,7 @@ def chromium_page() -> Iterator[Page]:
             pytest.skip(f"chromium cannot start here: {exc.message.splitlines()[0]}")
         try:
             page = browser.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.set_default_timeout(ui_timeout_ms())
             yield page
         finally:
             browser.close()

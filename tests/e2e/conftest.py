@@ -22,11 +22,10 @@ import httpx
 import pytest
 
 from tests.artefacts import Artefact, build_all
+from tests.guards import COMMAND_S, SERVER_START_S, hang_guard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 10.0
-CLI_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL: not a failure, only how soon to insist
 PTSERVE = (sys.executable, "-m", "ptserve")
 
 
@@ -104,8 +103,10 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_GRACE_S)
 
 
-def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> None:
-    """Poll ``/health/ready`` until 200; fail fast if the process exits, bounded by ``timeout``."""
+def wait_ready(server: Server, timeout: float | None = None) -> None:
+    """Poll ``/health/ready`` until 200; fail fast if the process exits, bounded by ``timeout``
+    (default: a hang guard for a server's start-up, stretched when the machine is busy)."""
+    timeout = timeout or hang_guard(SERVER_START_S)
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
         while time.monotonic() < deadline:
@@ -116,18 +117,23 @@ def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> None:
                 if client.get("/health/ready").status_code == 200:
                     return
             time.sleep(0.05)  # poll interval, not a wait for readiness
-    pytest.fail(f"server not ready after {timeout}s:\n{server.log()}")
+    pytest.fail(f"server not ready after {timeout:.0f}s:\n{server.log()}")
 
 
 @contextlib.contextmanager
 def running(
-    argv: Sequence[str], port: int, log_path: Path, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    port: int,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[Server]:
-    """Start ``argv`` in the repo root, wait until it is ready on ``port``, stop it on exit."""
+    """Start ``argv`` in ``cwd`` (the repo root), wait until it is ready on ``port``, stop it
+    on exit."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             list(argv),
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=child_env(env),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -144,22 +150,30 @@ def running(
 
 @contextlib.contextmanager
 def running_ptserve(
-    args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[Server]:
     """``python -m ptserve serve ARGS`` on a free loopback port."""
     port = free_port()
     argv = [*PTSERVE, "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
-    with running(argv, port, log_path, env) as server:
+    with running(argv, port, log_path, env, cwd) as server:
         yield server
 
 
 def run_cli(
-    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> CliResult:
-    """Run ``python -m ptserve ARGS`` to completion, killing its group if it overruns."""
+    """Run ``python -m ptserve ARGS`` in ``cwd`` to completion, killing its group if it
+    overruns ``timeout`` (default: a hang guard, stretched when the machine is busy)."""
+    timeout = timeout or hang_guard(COMMAND_S)
     process = subprocess.Popen(
         [*PTSERVE, *args],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=child_env(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -171,7 +185,7 @@ def run_cli(
     except subprocess.TimeoutExpired:
         stop_process(process)
         out, err = process.communicate()
-        pytest.fail(f"ptserve {' '.join(args)} still running after {timeout}s:\n{out!r}{err!r}")
+        pytest.fail(f"ptserve {' '.join(args)} still running after {timeout:.0f}s:\n{out!r}{err!r}")
     finally:
         stop_process(process)
     return CliResult(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.browser import UI_TIMEOUT_MS, chromium_page
+from tests.e2e.browser import chromium_page, ui_timeout_ms
 from tests.e2e.conftest import Server, running_ptserve
 
 
@@ -33,14 +33,14 @@ def test_swagger_ui_works_offline_and_executes_predict(page: Page, example_serve
         has=page.locator('.opblock-summary-path[data-path="/predict"]')
     )
     summary = operation.locator(".opblock-summary")
-    expect(summary).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(summary).to_be_visible(timeout=ui_timeout_ms())
     summary.click()
     operation.locator(".try-out__btn").click()
     operation.locator(".execute").click()
 
     live = operation.locator(".live-responses-table")
     status = live.locator("tr.response .response-col_status")
-    expect(status).to_have_text(re.compile(r"^\s*200\b"), timeout=UI_TIMEOUT_MS)
+    expect(status).to_have_text(re.compile(r"^\s*200\b"), timeout=ui_timeout_ms())
     body = live.locator("tr.response .response-col_description .microlight").first.inner_text()
     assert '"label"' in body
     assert '"predictions"' in body

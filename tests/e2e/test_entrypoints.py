@@ -14,6 +14,7 @@ import torch
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
 from tests.e2e.conftest import PTSERVE, REPO_ROOT, Server, free_port, run_cli, running
+from tests.guards import REQUEST_S, hang_guard
 
 EXAMPLE = REPO_ROOT / "ptserve" / "example" / "digits.pt"
 DIGITS = [0, 1, 7, 42, 1000]
@@ -65,7 +66,9 @@ def test_serves_labelled_digit_predictions(
 ) -> None:
     server, name = entrypoint
     response = httpx.post(
-        f"{server.base_url}/predict", json={"instances": digits.tolist()}, timeout=30
+        f"{server.base_url}/predict",
+        json={"instances": digits.tolist()},
+        timeout=hang_guard(REQUEST_S),
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -79,12 +82,13 @@ def test_serves_labelled_digit_predictions(
 
 
 def test_info_describes_the_example_without_loading_code() -> None:
-    result = run_cli(["info", "model.pt", "--json"])
+    result = run_cli(["info", "model.pt", "--json", "--load"])
     assert result.returncode == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["format"] == "pickle"
     assert facts["sha256"] == hashlib.sha256(Path(REPO_ROOT / "model.pt").read_bytes()).hexdigest()
     assert facts["parameters"] == 4810
+    assert facts["outputs"] == ["output: float32 [10] per sample"]
     imports = [entry.split(" ")[0] for entry in facts["imports"]]
     assert "torch.nn.modules.linear.Linear" in imports
     assert all(name.startswith("torch.nn.") for name in imports), imports

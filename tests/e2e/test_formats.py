@@ -11,6 +11,7 @@ import pytest
 
 from tests.artefacts import Artefact
 from tests.e2e.conftest import Server, running_ptserve, settings_flags
+from tests.guards import REQUEST_S, hang_guard
 
 FORMATS = ["pickle", "state_dict", "safetensors", "torchscript", "export"]
 CONCURRENT_REQUESTS = 20
@@ -38,7 +39,7 @@ def predictions(client: httpx.Client, path: str, inputs: np.ndarray[Any, Any]) -
 
 def test_predict_matches_in_process_outputs(served: tuple[Server, Artefact, str]) -> None:
     server, artefact, _ = served
-    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+    with httpx.Client(base_url=server.base_url, timeout=hang_guard(REQUEST_S)) as client:
         body = predictions(client, "/predict", artefact.inputs)
     assert body["model"] == artefact.path.stem
     assert np.allclose(np.array(body["predictions"]), artefact.expected, atol=1e-5)
@@ -47,7 +48,7 @@ def test_predict_matches_in_process_outputs(served: tuple[Server, Artefact, str]
 def test_kserve_v1_predict_matches(served: tuple[Server, Artefact, str]) -> None:
     server, artefact, _ = served
     path = f"/v1/models/{artefact.path.stem}:predict"
-    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+    with httpx.Client(base_url=server.base_url, timeout=hang_guard(REQUEST_S)) as client:
         body = predictions(client, path, artefact.inputs)
     assert np.allclose(np.array(body["predictions"]), artefact.expected, atol=1e-5)
 
@@ -57,7 +58,7 @@ def test_concurrent_requests_share_one_load(served: tuple[Server, Artefact, str]
     rows = [artefact.inputs[i % len(artefact.inputs)] for i in range(CONCURRENT_REQUESTS)]
 
     def predict_one(row: np.ndarray[Any, Any]) -> Any:
-        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        with httpx.Client(base_url=server.base_url, timeout=hang_guard(REQUEST_S)) as client:
             return predictions(client, "/predict", row[np.newaxis])["predictions"][0]
 
     with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
@@ -65,7 +66,9 @@ def test_concurrent_requests_share_one_load(served: tuple[Server, Artefact, str]
     expected = [artefact.expected[i % len(artefact.expected)] for i in range(len(rows))]
     assert np.allclose(np.array(answers), np.array(expected), atol=1e-5)
 
-    meta = httpx.get(f"{server.base_url}/models/{artefact.path.stem}", timeout=10).json()
+    meta = httpx.get(
+        f"{server.base_url}/models/{artefact.path.stem}", timeout=hang_guard(REQUEST_S)
+    ).json()
     assert meta["format"] == fmt
     assert meta["loads"] == 1
     assert Path(meta["file"]).name == artefact.path.name

@@ -22,6 +22,7 @@ from schemathesis.checks import (
 from schemathesis.errors import FailureGroup
 
 from tests.e2e.conftest import Server, running_ptserve
+from tests.guards import REQUEST_S, hang_guard
 
 CHECKS = [
     not_a_server_error,
@@ -49,7 +50,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def fuzz(server: Server, mode: GenerationMode) -> list[str]:
     """Fuzz every operation in the server's schema; one failure report per failing operation."""
     schema = schemathesis.openapi.from_url(
-        f"{server.base_url}/openapi.json", config=schemathesis.Config(), timeout=10
+        f"{server.base_url}/openapi.json",
+        config=schemathesis.Config(),
+        timeout=hang_guard(REQUEST_S),
     )
     checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
     failures: list[str] = []
@@ -59,7 +62,9 @@ def fuzz(server: Server, mode: GenerationMode) -> list[str]:
             @SETTINGS
             @given(operation.as_strategy(mode))
             def send(case: Case[Any]) -> None:
-                case.call_and_validate(server.base_url, session, checks=checks, timeout=10)
+                case.call_and_validate(
+                    server.base_url, session, checks=checks, timeout=hang_guard(REQUEST_S)
+                )
 
             try:
                 send()

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import nets
 from tests.e2e.conftest import running_ptserve
+from tests.guards import REQUEST_S, hang_guard
 
 DIGIT = {"instances": [[0.0] * 64]}
 
@@ -53,7 +54,9 @@ def test_sigterm_under_load_finishes_accepted_work_and_exits_0(tmp_path: Path) -
     with running_ptserve(args, tmp_path / "log", env) as server, ThreadPoolExecutor(12) as pool:
         held = {"instances": [[nets.HOLD, 1.0]]}
         accepted = [
-            pool.submit(httpx.post, f"{server.base_url}/predict", json=held, timeout=60)
+            pool.submit(
+                httpx.post, f"{server.base_url}/predict", json=held, timeout=hang_guard(REQUEST_S)
+            )
             for _ in range(10)
         ]
         with httpx.Client(base_url=server.base_url) as client:
@@ -72,7 +75,7 @@ def test_sigterm_under_load_finishes_accepted_work_and_exits_0(tmp_path: Path) -
             time.sleep(0.2)  # let it reach the queue behind the held batch (no wait for a result)
         gate.touch()
         results = [f.result() for f in accepted]
-        exit_code = server.process.wait(timeout=30)
+        exit_code = server.process.wait(timeout=hang_guard(REQUEST_S))
     assert [r.status_code for r in results] == [200] * 10
     assert all(r.json()["predictions"] == [[nets.HOLD, 1.0]] for r in results)
     assert late.result().status_code == 200

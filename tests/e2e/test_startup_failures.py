@@ -145,12 +145,15 @@ def test_load_failure_stops_startup_with_one_clear_line(
 def test_info_lists_but_never_runs_a_malicious_pickle(outcomes: dict[str, Outcome]) -> None:
     path, result = outcomes[INFO].path, outcomes[INFO].result
     assert not (path.parent / MARKER).exists()
-    assert result.returncode == 0, result.output  # describing a refused file is not a failure
+    assert result.returncode == 1, result.output  # serve would refuse it
     assert "Traceback" not in result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ptserve: serve would refuse it: ")
+    assert "--trust-pickle" in line
     facts = json.loads(result.stdout)
     assert facts["format"] == "pickle"
     assert any(re.fullmatch(r"(posix|os)\.system \(refused\)", i) for i in facts["imports"])
-    assert "--trust-pickle" in facts["not loaded"]
+    assert facts["serve"].startswith("refused: ")
     assert "parameters" not in facts
 
 

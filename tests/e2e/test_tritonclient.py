@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from ptserve.client import Client, InferenceError
 from ptserve.settings import EXAMPLE_MODEL
 from tests.e2e.conftest import REPO_ROOT, Server, running_ptserve, settings_flags
+from tests.guards import COMMAND_S, REQUEST_S, hang_guard
 from tests.multi_io import SETTINGS, save_two_inputs, two_inputs_batch, two_inputs_expected
 
 HEADER = "Inference-Header-Content-Length"
@@ -262,7 +263,7 @@ RAW_ERRORS = [
 def test_one_keep_alive_connection_survives_every_error(digits: Server) -> None:
     """Each bad request, then a good one, on a single connection that is never closed."""
     host, port = digits.base_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection = http.client.HTTPConnection(host, int(port), timeout=hang_guard(REQUEST_S))
     good, good_length = binary_request(256, ROW)
     connection.connect()
     sock = connection.sock
@@ -310,7 +311,7 @@ def test_the_documented_example_runs(digits: Server) -> None:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=hang_guard(COMMAND_S),
         check=False,
     )
     assert result.returncode == 0, result.stderr

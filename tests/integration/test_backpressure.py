@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from tests import nets
 from tests.conftest import serving_app
+from tests.guards import REQUEST_S, hang_guard
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +39,7 @@ def gated(gated_app: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
 
 async def hold_the_model(client: httpx.AsyncClient) -> "asyncio.Task[httpx.Response]":
     held = asyncio.ensure_future(client.post("/predict", json={"instances": [[nets.HOLD, 0]]}))
-    await asyncio.get_running_loop().run_in_executor(None, nets.ENTERED.wait, 10)
+    await asyncio.get_running_loop().run_in_executor(None, nets.ENTERED.wait, hang_guard(REQUEST_S))
     return held
 
 

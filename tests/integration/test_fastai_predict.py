@@ -1,4 +1,5 @@
-"""A fastai tabular export over HTTP: batched predictions equal ``learn.predict`` row by row."""
+"""A trusted fastai tabular export (``--trust-pickle``) over HTTP: batched predictions equal
+``learn.predict`` row by row, as before the restricted unpickler was retired."""
 
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,10 @@ fastai = pytest.importorskip(
     "fastai", reason="needs the fastai extra (scripts/test.sh installs it)"
 )
 
-from tests.fastai_learners import TabularExport, train_tabular  # noqa: E402
+from tests.fastai_learners import TabularExport  # noqa: E402
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="session")
-def tabular(tmp_path_factory: pytest.TempPathFactory) -> TabularExport:
-    return train_tabular(tmp_path_factory.mktemp("fastai"))
+TRUST = {"trust_pickle": True}
 
 
 def predict_one(learn: Any, row: dict[str, Any]) -> tuple[str, list[float]]:
@@ -31,7 +28,7 @@ def predict_one(learn: Any, row: dict[str, Any]) -> tuple[str, list[float]]:
 
 async def test_batched_predictions_equal_learn_predict(tabular: TabularExport) -> None:
     assert len(tabular.rows) == 10
-    async with serving(tabular.path) as client:
+    async with serving(tabular.path, **TRUST) as client:
         response = await client.post("/predict", json={"instances": tabular.rows})
         meta = (await client.get("/models/export")).json()
     assert response.status_code == 200, response.text
@@ -72,7 +69,7 @@ async def test_bad_columns_get_a_clear_422(
 ) -> None:
     good = tabular.rows[0]
     bad = {k: v for k, v in {**good, **change}.items() if v is not None}  # None: left out
-    async with serving(tabular.path) as client:
+    async with serving(tabular.path, **TRUST) as client:
         response = await client.post("/predict", json={"instances": [good, bad]})
         after = await client.post("/predict", json={"instances": [good]})
     assert response.status_code == 422, response.text
@@ -86,7 +83,7 @@ async def test_the_openapi_example_is_a_row_of_the_learners_columns(
 ) -> None:
     from tests.fastai_learners import CATEGORICAL, CONTINUOUS
 
-    async with serving(tabular.path) as client:
+    async with serving(tabular.path, **TRUST) as client:
         schema = (await client.get("/openapi.json")).json()
         content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
         example = content["application/json"]["example"]
@@ -102,24 +99,28 @@ async def test_the_openapi_example_is_a_row_of_the_learners_columns(
     assert response.json()["predictions"][0]["label"] in list(tabular.learn.dls.vocab)
 
 
-def test_info_gives_each_global_its_verdict(tabular: TabularExport) -> None:
+def test_info_lists_the_globals_and_says_the_export_needs_trust(tabular: TabularExport) -> None:
     from ptserve.inspect import describe_file
     from ptserve.settings import Settings
 
-    info = describe_file(Settings(model_path=tabular.path))
-    imports = info["imports"]
-    assert (
-        "fastai.tabular.learner.TabularLearner (allowed: objects rebuilt from their state, the "
-        "class never called)"
-    ) in imports
-    assert "fastai.learner.Recorder (training only: an inert placeholder)" in imports
-    assert "builtins.getattr (replaced by a safe stand-in)" in imports
-    assert "fastai.torch_core.trainable_params (training only: an inert placeholder)" in imports
-    assert not [i for i in imports if i.endswith("(refused)")]
-    assert info["inputs"] == ["x_cat: int64 [1] per sample", "x_cont: float32 [4] per sample"]
+    described = describe_file(Settings(model_path=tabular.path))
+    facts = described.facts
+    assert facts["format"] == "fastai"
+    assert "fastai.tabular.learner.TabularLearner" in facts["imports"]  # information, no verdict
+    assert "refused without --trust-pickle" in facts["safety"]
+    assert not any(word in facts["safety"] for word in ("safe ", "allowed"))
+    assert described.refusal is not None
+    assert described.refusal.startswith(f"{tabular.path}: refusing to load a fastai Learner")
+    assert "parameters" not in facts
+    trusted = describe_file(Settings(model_path=tabular.path, trust_pickle=True), load=True)
+    assert trusted.refusal is None
+    assert trusted.facts["inputs"] == [
+        "x_cat: int64 [1] per sample",
+        "x_cont: float32 [4] per sample",
+    ]
 
 
-def test_info_names_a_refused_global_and_loads_nothing(tmp_path: Path) -> None:
+def test_info_lists_a_dangerous_global_and_loads_nothing(tmp_path: Path) -> None:
     import os
 
     import torch
@@ -129,8 +130,8 @@ def test_info_names_a_refused_global_and_loads_nothing(tmp_path: Path) -> None:
     from ptserve.settings import Settings
 
     torch.save({"learner": Learner, "run": os.system}, tmp_path / "export.pkl")
-    info = describe_file(Settings(model_path=tmp_path / "export.pkl"))
-    assert info["format"] == "fastai"
-    assert "posix.system (refused)" in info["imports"]
-    assert "refusing to unpickle" in info["not loaded"]
-    assert "parameters" not in info
+    described = describe_file(Settings(model_path=tmp_path / "export.pkl"), load=True)
+    assert described.facts["format"] == "fastai"
+    assert "posix.system" in described.facts["imports"]
+    assert described.refusal is not None
+    assert "parameters" not in described.facts

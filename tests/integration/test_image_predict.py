@@ -64,7 +64,7 @@ BAD_UPLOADS = [
     ({"json": {"instances": [{"image": b64(b"GIF89a nope")}]}}, 422, "invalid_image", "instances[0].image: not an image"),
     ({"json": {"instances": [{"picture": "x"}]}}, 422, "invalid_input", "instances[0].picture: unknown field"),
     ({"json": {"instances": [[[[0] * 8] * 8]]}}, 422, "invalid_input", "instances[0]: expected 3 values, got 1"),
-    ({"json": {"instances": [{"image": b64(png_header_only(50000, 50000))}]}}, 413, "image_too_large", "decompression bomb"),
+    ({"json": {"instances": [{"image": b64(png_header_only(50000, 50000))}]}}, 413, "image_too_large", "instances[0].image: the image has over 25000000 pixels; at most 25000000 are accepted"),
 ]  # fmt: skip
 
 
@@ -124,3 +124,25 @@ async def test_no_activation_scores_are_the_outputs(tmp_path: Path) -> None:
         1.0,
         ["blue"],
     )
+
+
+async def test_images_past_the_decoding_budget_get_503_with_retry_after(tmp_path: Path) -> None:
+    from tests.conftest import serving_app
+
+    model = save_colour_model(tmp_path)
+    settings = {"input_shape": [3, 8, 8], "image_budget_pixels": 1000}
+    async with serving_app(model, **settings) as (app, client):
+        budget = app.state.runtime.models.get(None).service.images.budget
+        budget.wait_s = 0  # refuse at once rather than wait up to timeout_ms
+        with budget.admit(budget.pixels, "another request"):  # the budget is spent
+            upload = await client.post("/predict", files={"file": ("a.png", encoded(RED))})
+            as_json = await client.post(
+                "/predict", json={"instances": [{"image": b64(encoded(RED))}]}
+            )
+        after = await client.post("/predict", files={"file": ("a.png", encoded(BLUE))})
+    for response, where in ((upload, "files[0]"), (as_json, "instances[0].image")):
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["code"] == "overloaded"
+        assert response.json()["error"].startswith(f"{where}: the server is decoding")
+    assert after.json()["predictions"][0]["label"] == "blue"  # room again once it is free

@@ -115,7 +115,8 @@ async def test_access_lines_say_why_a_request_failed_and_none_is_lost_on_stop(
     async with serving(EXAMPLE_MODEL, log_format="text") as client:
         await client.get("/nope")
     (text,) = [x for x in capsys.readouterr().err.splitlines() if "GET /nope" in x]
-    assert text.startswith("INFO:     GET /nope 404 not_found ")
+    assert text.startswith("INFO:     GET /nope 404  duration_ms=")
+    assert "model=None code=not_found request_id=" in text
 
 
 @pytest.fixture

@@ -13,8 +13,13 @@ import pytest
 
 from ptserve.batching import Batcher, BatchPolicy, Forward
 from ptserve.errors import DeadlineExceeded, ModelFailure, Overloaded
+from tests.guards import REQUEST_S, hang_guard
 
 pytestmark = pytest.mark.anyio
+LONG_DELAY_S = 60.0
+# "At once" means long before a LONG_DELAY_S delay would flush; half of it tells the two apart
+# and is a generous hang guard on a busy machine.
+AT_ONCE_S = LONG_DELAY_S / 2
 Arrays = list[np.ndarray]
 
 
@@ -94,8 +99,8 @@ def test_policy_with_a_fake_clock(now: float, queued: int, arriving: int, expect
 async def test_a_lone_request_runs_at_once_despite_a_long_delay() -> None:
     model = GatedModel()
     model.gate.set()
-    async with batcher(model, max_delay=60.0) as b:
-        (out,) = await asyncio.wait_for(b.submit(sample(1.5), timeout=30), 5)
+    async with batcher(model, max_delay=LONG_DELAY_S) as b:
+        (out,) = await asyncio.wait_for(b.submit(sample(1.5), timeout=30), AT_ONCE_S)
     np.testing.assert_array_equal(out, [[3.0, 3.0]])
 
 
@@ -131,12 +136,12 @@ async def test_waits_for_arriving_requests_then_flushes_together() -> None:
     model = GatedModel()
     model.gate.set()
     body_read = asyncio.Event()
-    async with batcher(model, max_delay=60.0) as b:
+    async with batcher(model, max_delay=LONG_DELAY_S) as b:
 
         async def second_request() -> Arrays:
-            with b.arrival():  # received; its body is still being read
-                await body_read.wait()
-            return await b.submit(sample(2), timeout=30)  # queued in the same step
+            await b.admit(wait=30)  # received; its body is still being read
+            await body_read.wait()
+            return await b.submit(sample(2), timeout=30, admitted=True)
 
         second = asyncio.ensure_future(second_request())
         await settle()
@@ -144,7 +149,7 @@ async def test_waits_for_arriving_requests_then_flushes_together() -> None:
         await settle()
         assert not first.done()  # held back: another request is on its way
         body_read.set()
-        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        await asyncio.wait_for(asyncio.gather(first, second), AT_ONCE_S)
     assert model.batches == [[1.0, 2.0]]
 
 
@@ -152,8 +157,9 @@ async def test_flushes_when_the_delay_passes_even_while_requests_arrive() -> Non
     model = GatedModel()
     model.gate.set()
     async with batcher(model, max_delay=0.01) as b:
-        with b.arrival():
-            (out,) = await asyncio.wait_for(b.submit(sample(4), timeout=30), 5)
+        await b.admit(wait=30)  # another request is arriving, and stays so
+        (out,) = await asyncio.wait_for(b.submit(sample(4), timeout=30), hang_guard(REQUEST_S))
+        b.arrived()
     np.testing.assert_array_equal(out, [[8.0, 8.0]])
 
 
@@ -296,14 +302,77 @@ async def test_a_request_cancelled_while_the_loop_waits_for_arrivals_leaves_it_w
     model = GatedModel()
     model.gate.set()
     async with batcher(model, max_delay=0.05) as b:
-        with b.arrival():  # another request is on its way: the loop waits for it
-            gone = asyncio.ensure_future(b.submit(sample(5), timeout=30))
-            await settle()
-            gone.cancel()
-            await asyncio.sleep(0.1)  # past the delay: the loop re-evaluates an empty queue
-        (out,) = await asyncio.wait_for(b.submit(sample(1), timeout=30), 5)
+        await b.admit(wait=30)  # another request is on its way: the loop waits for it
+        gone = asyncio.ensure_future(b.submit(sample(5), timeout=30))
+        await settle()
+        gone.cancel()
+        await asyncio.sleep(0.1)  # past the delay: the loop re-evaluates an empty queue
+        b.arrived()
+        (out,) = await asyncio.wait_for(b.submit(sample(1), timeout=30), hang_guard(REQUEST_S))
     np.testing.assert_array_equal(out, [[2.0, 2.0]])
     assert model.batches == [[1.0]]
+
+
+async def test_a_full_queue_makes_new_requests_wait_for_room_first_come_first_served() -> None:
+    """Over capacity, requests wait (unread) for room instead of being refused at once; the
+    queue never holds more than its limit; the longest-waiting request goes in first."""
+    model = GatedModel()
+    async with batcher(model, max_batch_size=1, max_queue=1) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        await b.admit(wait=30)  # the queue's one place: admitted, still arriving
+        order: list[int] = []
+
+        async def request(value: int) -> Arrays:
+            await b.admit(wait=30)
+            order.append(value)
+            return await b.submit(sample(value), timeout=30, admitted=True)
+
+        waiting = [asyncio.ensure_future(request(v)) for v in (1, 2)]
+        await settle()
+        assert order == []  # no room: both wait, nothing refused
+        queued = asyncio.ensure_future(b.submit(sample(3), timeout=30, admitted=True))
+        await settle()
+        assert order == []
+        assert b.queued_samples == 1
+        model.gate.set()
+        await asyncio.gather(running, queued, *waiting)
+    assert order == [1, 2]
+    assert [batch[0] for batch in model.batches] == [0.0, 3.0, 1.0, 2.0]
+
+
+async def test_a_request_that_waits_too_long_for_room_gets_503_with_retry_after() -> None:
+    model = GatedModel()
+    async with batcher(model, max_batch_size=1, max_queue=1) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        queued = asyncio.ensure_future(b.submit(sample(1), timeout=30))
+        await settle()
+        with pytest.raises(Overloaded) as err:
+            await b.admit(wait=0.01)
+        assert err.value.headers == {"Retry-After": "1"}
+        model.gate.set()
+        await asyncio.gather(running, queued)
+        await b.admit(wait=0)  # the refused request left no place in line ahead of this one
+        b.arrived()
+
+
+async def test_a_waiting_client_that_leaves_gives_its_turn_to_the_next() -> None:
+    model = GatedModel()
+    async with batcher(model, max_batch_size=1, max_queue=1) as b:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+        await model.running()
+        queued = asyncio.ensure_future(b.submit(sample(1), timeout=30))
+        await settle()
+        gone = asyncio.ensure_future(b.admit(wait=30))
+        next_one = asyncio.ensure_future(b.admit(wait=30))
+        await settle()
+        gone.cancel()
+        model.gate.set()
+        await asyncio.gather(running, queued)
+        await asyncio.wait_for(next_one, hang_guard(REQUEST_S))  # admitted once it had room
+        assert b.arriving == 1
+        b.arrived()
 
 
 async def test_a_stopped_batcher_is_freed_with_what_it_holds() -> None:

@@ -36,6 +36,7 @@ import yaml
 from referencing import Registry, Resource
 
 from ptserve.settings import Settings
+from tests.guards import COMMAND_S, hang_guard
 
 Manifest = dict[str, Any]
 
@@ -186,9 +187,9 @@ MISTAKES: dict[str, Callable[[Manifest], None]] = {
         readinesProbe={"httpGet": {"path": "/health/ready", "port": 8000}}
     ),
     "wrong type": lambda d: d["spec"].update(replicas="two"),
-    "probe without port": lambda d: d["spec"]["template"]["spec"]["containers"][0][
-        "readinessProbe"
-    ]["httpGet"].pop("port"),
+    "probe without port": lambda d: d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"][
+        "httpGet"
+    ].pop("port"),
     "missing required field": lambda d: d["spec"]["template"]["spec"].pop("containers"),
 }
 
@@ -334,12 +335,27 @@ def test_deployment_selector_matches_its_pod_labels() -> None:
     assert selector.items() <= pod_labels().items()
 
 
-def test_service_selects_the_pods_and_targets_the_server_port() -> None:
+def test_service_selects_the_pods_and_targets_the_server_ports() -> None:
     service = one("Service")["spec"]
     assert service["selector"].items() <= pod_labels().items()
-    server_port = int(env_value(server_container(), "PTSERVE_PORT"))
-    for port in service["ports"]:
-        assert resolve_port(server_container(), port["targetPort"]) == server_port
+    http_port = int(env_value(server_container(), "PTSERVE_PORT"))
+    grpc_port = int(env_value(server_container(), "PTSERVE_GRPC_PORT"))
+    targets = {resolve_port(server_container(), p["targetPort"]) for p in service["ports"]}
+    assert targets == {http_port, grpc_port}
+    (grpc,) = [
+        p
+        for p in service["ports"]
+        if resolve_port(server_container(), p["targetPort"]) == grpc_port
+    ]
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"  # gRPC in clear text, for proxies
+
+
+def test_the_grpc_port_is_declared_and_probed() -> None:
+    container = server_container()
+    grpc_port = int(env_value(container, "PTSERVE_GRPC_PORT"))
+    assert resolve_port(container, "grpc") == grpc_port
+    # the standard gRPC health Check (service "": the whole server) follows readiness
+    assert container["readinessProbe"]["grpc"] == {"port": grpc_port}
 
 
 def test_hpa_scales_the_deployment() -> None:
@@ -385,6 +401,9 @@ def test_probes_hit_the_health_endpoints_on_the_server_port(server: str) -> None
         "startupProbe": {"/health/live", "/health/ready"},
     }
     for probe, paths in expected.items():
+        if "grpc" in container[probe]:  # the gRPC health Check: see the test above
+            assert probe == "readinessProbe", f"{probe} must not follow readiness"
+            continue
         action = container[probe]["httpGet"]
         assert action["path"] in paths, f"{probe} probes {action['path']}"
         assert resolve_port(container, action["port"]) == port, probe
@@ -507,7 +526,7 @@ def test_the_model_volume_holds_the_model_the_server_serves(tmp_path: Path) -> N
     subprocess.run(
         [sys.executable, "-c", code.replace(f'"{model_dir}"', repr(str(tmp_path)))],
         check=True,
-        timeout=120,
+        timeout=hang_guard(COMMAND_S),
     )
     assert (tmp_path / model_path.name).is_file()
     assert (tmp_path / "labels.txt").is_file()
@@ -527,6 +546,8 @@ def test_no_image_is_floating() -> None:
 def test_the_runtime_serves_pytorch_over_the_v2_protocol() -> None:
     spec = one("ServingRuntime")["spec"]
     assert "v2" in spec["protocolVersions"]
+    assert "grpc-v2" in spec["protocolVersions"]
+    assert env_value(runtime_container(), "PTSERVE_GRPC_PORT") == "8081"  # KServe's gRPC port
     assert "pytorch" in {f["name"] for f in spec["supportedModelFormats"]}
     container = runtime_container()
     assert Path(env_value(container, "PTSERVE_MODEL_PATH")).parent == Path(KSERVE_MODEL_DIR)
@@ -547,6 +568,19 @@ def test_the_inference_service_uses_the_runtime() -> None:
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     assert re.match(r"^[a-z0-9]+://", model["storageUri"])
     assert predictor.get("minReplicas", 1) <= predictor.get("maxReplicas", math.inf)
+
+
+def test_the_documented_grpc_inference_service_fits_the_runtime() -> None:
+    text = DEPLOY_DOC.read_text()
+    snippet = text.split("Over gRPC (", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    manifest = yaml.safe_load(snippet)
+    for version in K8S_VERSIONS:
+        assert kserve_errors(manifest, version) == []
+    model = manifest["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] in one("ServingRuntime")["spec"]["protocolVersions"]
+    (port,) = model["ports"]
+    assert port["name"] == "h2c"  # the port Knative routes as clear-text HTTP/2
+    assert str(port["containerPort"]) == env_value(runtime_container(), "PTSERVE_GRPC_PORT")
 
 
 # ---- Dockerfile -----------------------------------------------------------------------------
@@ -699,7 +733,10 @@ def test_healthcheck_fails_unless_ready(stub_server: tuple[int, dict[str, int]])
     def run_check(at_port: int) -> int:
         environment = {"PTSERVE_PORT": str(at_port), "PATH": "/usr/bin:/bin"}
         done = subprocess.run(
-            [sys.executable, *argv[1:]], env=environment, capture_output=True, timeout=30
+            [sys.executable, *argv[1:]],
+            env=environment,
+            capture_output=True,
+            timeout=hang_guard(COMMAND_S),
         )
         return done.returncode
 

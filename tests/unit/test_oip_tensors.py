@@ -18,6 +18,7 @@ from ptserve.protocols.oip_tensors import (
     decode_request,
     encode_response,
 )
+from tests.guards import COMMAND_S, hang_guard
 
 IMAGE = WireSpec("image", np.dtype("float32"), (2, -1))
 EXTRA = WireSpec("extra", np.dtype("int64"), (3,))
@@ -313,4 +314,4 @@ def test_an_output_without_an_oip_datatype_is_a_server_error() -> None:
 
 def test_the_client_does_not_import_torch() -> None:
     code = "import sys, ptserve.client; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=hang_guard(COMMAND_S))

@@ -1,0 +1,1 @@
+"""Integrations with other engines. Each imports its engine only when its command runs."""
