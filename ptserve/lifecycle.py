@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ptserve")
 Key = tuple[str, str]  # (model name, version: "" for the whole model)
+Failure = tuple[str, str]  # (version, or "" for the whole model; why, as the loader said it)
 RETIRE_POLL_S = 0.01  # how often a retiring version is checked for work still arriving
 
 
@@ -97,21 +98,21 @@ class Lifecycle:
         if first is not None and first not in self.found:
             raise ModelLoadError(f"--default-model {first!r}: the repository has no such model")
         names = sorted(self.found, key=lambda n: (n != first, n))  # the default first
-        failures: list[str] = []
+        failures: list[Failure] = []
         async with self._lock:
             for name in names:
                 failures += await self._bring(name, self.found[name], retry=True)
                 self._applied[name] = fingerprint(self.found[name])
-        if failures:
+        if failures:  # one line, as for a single file (the lifespan's failure prints it)
             await self.stop()
-            more = f" (and {len(failures) - 1} more; see the log)" if len(failures) > 1 else ""
-            raise ModelLoadError(failures[0] + more)
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise ModelLoadError(failures[0][1] + more)
         self.registry.default = first or (names[0] if len(names) == 1 else None)
 
     async def load(self, name: str) -> list[str]:
         """Bring model ``name`` in line with its folder now, retrying versions that failed
-        before; returns why versions failed (none: all loaded). 404 for a name the folder does
-        not hold."""
+        before; returns why versions failed (none: all loaded), naming files relative to the
+        repository (for clients). 404 for a name the folder does not hold."""
         async with self._lock:
             self.found = await to_thread.run_sync(scan, self.settings)
             found = self.found.get(name)
@@ -121,7 +122,8 @@ class Lifecycle:
             failures = await self._bring(name, found, retry=True)
             self._applied[name] = fingerprint(found)
             self._release()
-            return failures
+            _report(name, failures)
+            return [self._relative(message) for _, message in failures]
 
     async def unload(self, name: str) -> None:
         """Stop serving model ``name``: its versions finish their work and are released. It
@@ -152,7 +154,7 @@ class Lifecycle:
                 state = fingerprint(found.get(name))
                 if name in self.unloaded or state == self._applied.get(name, None):
                     continue
-                await self._bring(name, found.get(name), retry=False)
+                _report(name, await self._bring(name, found.get(name), retry=False))
                 self._applied[name] = state
             self._release()
 
@@ -163,7 +165,7 @@ class Lifecycle:
             for served in self.registry.all():
                 await served.service.stop(self.settings.drain_timeout_s)
 
-    async def _bring(self, name: str, found: Found | None, retry: bool) -> list[str]:
+    async def _bring(self, name: str, found: Found | None, retry: bool) -> list["Failure"]:
         """Serve what ``found`` (None: nothing) says for model ``name``; returns the failures.
         The caller holds the lock."""
         present = found.versions if isinstance(found, ModelSource) else {}
@@ -176,9 +178,8 @@ class Lifecycle:
             return []
         if isinstance(found, ModelProblem):
             self.failed[(name, "")] = (fingerprint(found), found.reason)
-            log.error("model %r cannot be served: %s", name, found.reason)
             self._explain()
-            return [found.reason]
+            return [("", found.reason)]
         current = {v: self.registry.get(name, v) for v in self.registry.versions(name)}
         # A version that failed as its files are now is left out, unless a copy loaded
         # earlier is serving: that copy stays.
@@ -186,7 +187,7 @@ class Lifecycle:
             int(v) for v in current
         }
         fresh: dict[str, Served] = {}
-        failures: list[str] = []
+        failures: list[Failure] = []
         while True:
             wanted = [str(v) for v in found.policy.select(set(found.versions) - left_out)]
             todo = [
@@ -198,7 +199,7 @@ class Lifecycle:
                 break
             loaded = await self._load(found, int(todo[0]))
             if isinstance(loaded, str):
-                failures.append(loaded)
+                failures.append((todo[0], loaded))
                 if todo[0] not in current:
                     left_out.add(int(todo[0]))
             else:
@@ -217,7 +218,8 @@ class Lifecycle:
 
     async def _load(self, found: ModelSource, version: int) -> Served | str:
         """Load, probe and warm up one version off the event loop and start its batch loop;
-        on failure, record and return why."""
+        on failure, record why (for clients: files named relative to the repository) and
+        return it (for the operator: as the loader said it)."""
         key = (found.name, str(version))
         source = found.versions[version]
         self.loading.add(key)
@@ -234,14 +236,13 @@ class Lifecycle:
         except Exception as exc:
             if not isinstance(exc, ModelLoadError):
                 log.exception("loading model %r version %d failed", found.name, version)
-            reason = self._relative(" ".join(str(exc).split()) or type(exc).__name__)
-            self.failed[key] = (found.identity(version), reason)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            self.failed[key] = (found.identity(version), self._relative(reason))
             metrics = self.runtime.metrics
             metrics.loads.labels(*key, "failed").inc()
             serving = self.registry.versions(found.name)
             kept = self.registry.get(*key).service.metrics if key[1] in serving else None
             metrics.forget_failed(*key, kept)  # what the failed load made before it failed
-            log.error("model %r version %d failed to load: %s", found.name, version, reason)
             gc.collect()  # what the failed load built
             return reason
         finally:
@@ -314,3 +315,12 @@ class Lifecycle:
             if prefix not in ("", "."):
                 message = message.replace(prefix.rstrip(os.sep) + os.sep, "")
         return message
+
+
+def _report(name: str, failures: list[Failure]) -> None:
+    """Log what failed in a change made while serving (at start-up the failure stops it)."""
+    for version, message in failures:
+        if version:
+            log.error("model %r version %s failed to load: %s", name, version, message)
+        else:
+            log.error("model %r cannot be served: %s", name, message)

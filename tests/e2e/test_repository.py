@@ -21,7 +21,7 @@ from torch import nn
 from tritonclient.utils import InferenceServerException
 
 from ptserve.client import Client
-from tests.e2e.conftest import Server, running_ptserve
+from tests.e2e.conftest import Server, free_port, run_cli, running_ptserve
 from tests.repos import add_broken_version, add_version, marked_net, write_config
 
 HANG_GUARD_S = 180.0  # only ends a test that would otherwise hang; never a timed assertion
@@ -235,3 +235,14 @@ def test_triton_client_unloads_and_loads_with_api_keys_and_memory_returns(
     assert loaded - unloaded >= RETURNED_AT_LEAST * weight_bytes, (loaded, unloaded)
     assert reloaded - unloaded_again >= RETURNED_AT_LEAST * weight_bytes, (reloaded, unloaded_again)
     assert unloaded_again - unloaded <= LEAK_AT_MOST * weight_bytes, (unloaded, unloaded_again)
+
+
+def test_a_broken_model_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    add_version(tmp_path, "fine", 1, marked_net(1))
+    add_broken_version(tmp_path, "broken", 2)
+    result = run_cli(["serve", str(tmp_path), "--port", str(free_port())])
+    lines = [line for line in result.output.splitlines() if "unknown model format" in line]
+    assert result.returncode == 3, result.output
+    assert "Traceback" not in result.output
+    assert len(lines) == 1, result.output
+    assert f"{tmp_path}/broken/2/model.pt: unknown model format" in lines[0]  # the real path
