@@ -27,7 +27,8 @@ M = TypeVar("M", bound=BaseModel)
 TAG = "Open Inference Protocol (V2): model repository"
 CONTROL_ERRORS = error_responses(
     {
-        400: "The model failed to load (what served before still serves)",
+        400: "A body that is not JSON, or the model failed to load (what served before still "
+        "serves)",
         404: "No such model",
         409: "Several workers: load and unload would reach only one",
         422: "An invalid body",
@@ -68,7 +69,9 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 @router.post(
     "/index",
-    responses=error_responses({422: "An invalid body", 503: "Not ready"}),
+    responses=error_responses(
+        {400: "A body that is not JSON", 422: "An invalid body", 503: "Not ready"}
+    ),
     openapi_extra=_body_schema(IndexRequest),
 )
 async def index(request: Request) -> list[IndexEntry]:
