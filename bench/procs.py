@@ -109,16 +109,17 @@ def wait_until_serving(
 
 
 def stop_server(server: ServerProcess, timeout_s: float, leader_only: bool = False) -> bool:
-    """SIGTERM the whole process group (or only its leader, for a server that stops its own
-    children in order), SIGKILL what is left after ``timeout_s``.
+    """SIGINT the whole process group (as Ctrl-C: ptserve drains without the delay SIGTERM
+    gives load balancers), or SIGTERM only its leader (for a server that stops its own
+    children in order); SIGKILL what is left after ``timeout_s``.
 
-    Returns True when the group ended on SIGTERM alone.
+    Returns True when the group ended on SIGINT alone.
     """
     if leader_only:
         with contextlib.suppress(ProcessLookupError):
             os.kill(server.pgid, signal.SIGTERM)
     else:
-        _signal_group(server.pgid, signal.SIGTERM)
+        _signal_group(server.pgid, signal.SIGINT)
     graceful = _wait_group_gone(server, timeout_s)
     if not graceful:
         _signal_group(server.pgid, signal.SIGKILL)

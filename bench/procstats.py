@@ -110,3 +110,22 @@ def group_memory(pgid: int) -> GroupMemory:
         uss_mib=round(sum(m.uss_mib for m in per), 1),
         per_process=per,
     )
+
+
+def file_pss_mib(pgid: int, path: Path) -> float:
+    """PSS of a group's memory mappings of the file ``path``: a file mapped by N processes
+    counts once in total (weights shared through the page cache)."""
+    name, kib = str(path.resolve()), 0
+    for pid in group_pids(pgid):
+        current = False
+        try:
+            lines = (PROC / str(pid) / "smaps").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                current = len(fields) >= 6 and fields[5] == name
+            elif current and fields[0] == "Pss:":
+                kib += int(fields[1])
+    return round(kib / 1024, 1)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
@@ -27,7 +26,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ptserve.drain import install_drain
 from ptserve.errors import (
     InvalidInput,
     MethodNotAllowed,
@@ -51,7 +49,6 @@ from ptserve.threads import available_cores
 from ptserve.watch import Watcher
 
 log = logging.getLogger("ptserve")
-WORKER_SETTINGS_ENV = "_PTSERVE_WORKER_SETTINGS"
 
 
 class PtserveApp(FastAPI):
@@ -105,7 +102,6 @@ def create_app(settings: Settings) -> PtserveApp:
         if settings.access_log:
             runtime.access_log = AccessLog(resolve_format(settings.log_format))
         publisher = asyncio.get_running_loop().create_task(_publish_metrics(runtime))
-        restore_signals = install_drain(runtime, settings.drain_timeout_s)
         if keys is not None and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.refresh, True)
         if grpc_server is not None:
@@ -123,7 +119,6 @@ def create_app(settings: Settings) -> PtserveApp:
             if grpc_server is not None:  # calls in flight finish; the batchers still run
                 await grpc_server.stop(settings.drain_timeout_s)
             await lifecycle.stop()
-            restore_signals()
             publisher.cancel()
             runtime.metrics.publish()  # the last counts, before this worker's files are closed
             if runtime.access_log is not None:
@@ -187,11 +182,6 @@ def configure_threads(settings: Settings) -> None:
     torch.set_num_threads(settings.torch_threads or max(1, available_cores(settings.workers) - 1))
     with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
         torch.set_num_interop_threads(1)
-
-
-def app_from_environment() -> FastAPI:
-    """Factory for ``--workers N``: each worker process rebuilds the parent's settings."""
-    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
 
 
 async def _serve_error(request: Request, exc: Exception) -> Response:

@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ptserve.errors import (
     BodyTooLarge,
+    ClientDisconnected,
     InternalError,
     MethodNotAllowed,
     RawHeaders,
@@ -163,6 +165,10 @@ class Gateway:
                 outcome.code = scope.get(ERROR_CODE)
         except ServeError as error:
             await self._error(error, outcome, send, rid, timing, started)
+        except ClientDisconnect:  # gone (or cut off by a read deadline) while its body arrived
+            await self._error(
+                ClientDisconnected("the client left mid-body"), outcome, send, rid, timing, started
+            )
         except Exception:
             log.exception("unhandled error on %s %s", method, path)
             await self._error(InternalError(), outcome, send, rid, timing, started)

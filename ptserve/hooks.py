@@ -15,7 +15,10 @@ sample per instance (a mapping is matched to the inputs by name). ``postprocess`
 model's outputs for the request, one numpy array per output, batch first, and returns one
 JSON-serialisable prediction per sample. Both run on a worker thread, never on the event loop.
 An optional ``example`` (one instance as a request sends it) becomes the request example in the
-OpenAPI description, the Swagger UI and the try-it page.
+OpenAPI description, the Swagger UI and the try-it page. ``files = True`` says that
+``preprocess`` takes files: the bytes of each file uploaded to ``/predict`` (multipart), and of
+each element of the BYTES input ``instances`` over the Open Inference Protocol; without it,
+instances are JSON values (over the protocol, one JSON text per element).
 
 To refuse bad input with a 422, a hook raises :class:`ptserve.errors.InvalidInput` (or lets a
 pydantic ``ValidationError`` through); anything else it raises is a 500 whose cause goes to the
@@ -62,7 +65,7 @@ class Hooks:
     preprocess: Callable[[list[Any]], Any] | None
     postprocess: Callable[[Arrays], Any] | None
     example: Any = None  # one instance as a request sends it, for the docs and the page
-    files: bool = True  # whether preprocess takes uploaded files (multipart) as instances
+    files: bool = False  # whether preprocess takes files (uploads; BYTES over V2) as instances
 
 
 def load_hooks(target: str) -> Hooks:
@@ -87,7 +90,10 @@ def load_hooks(target: str) -> Hooks:
             raise ModelLoadError(f"handler {target}: {name} is not callable")
     if pre is None and post is None:
         raise ModelLoadError(f"handler {target}: defines neither preprocess nor postprocess")
-    return Hooks(target, pre, post, getattr(holder, "example", None))
+    files = getattr(holder, "files", False)
+    if not isinstance(files, bool):
+        raise ModelLoadError(f"handler {target}: files must be True or False")
+    return Hooks(target, pre, post, getattr(holder, "example", None), files)
 
 
 def run_preprocess(

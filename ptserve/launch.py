@@ -2,6 +2,7 @@
 notebooks, examples): ``with launched("model.pt") as url: ...``."""
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import httpx
 @contextlib.contextmanager
 def launched(*args: str, timeout: float = 600.0) -> Iterator[str]:
     """``ptserve serve ARGS`` on a free loopback port; yields its base URL once it is ready and
-    stops it (SIGTERM: a graceful drain) when the block ends. ``timeout`` only guards against a
-    hang: a busy machine can take minutes to import torch and fastai and load a model."""
+    stops it when the block ends (SIGINT, as Ctrl-C: a drain without the delay a server
+    behind a load balancer needs). ``timeout`` only guards against a hang: a busy machine can
+    take minutes to import torch and fastai and load a model."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -35,7 +37,7 @@ def launched(*args: str, timeout: float = 600.0) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -69,6 +69,8 @@ class Postprocessor:
         self.threshold = threshold
         if threshold is not None and labels is None:
             raise ModelLoadError("a threshold needs class labels (a labels file)")
+        if labels is not None and top_k is not None and top_k > len(labels):
+            raise ModelLoadError(f"top_k {top_k} is more than the model's {len(labels)} classes")
         if labels is not None:
             shapes = [spec.shape for spec in signature.outputs]
             if shapes != [(len(labels),)]:
@@ -80,8 +82,14 @@ class Postprocessor:
 
     def check(self, top_k: int | None) -> None:
         """Refuse a request option this model cannot honour, before the model runs."""
-        if top_k is not None and self.labels is None:
+        if top_k is None:
+            return
+        if self.labels is None:
             raise InvalidInput("top_k: this model has no class labels")
+        if top_k > len(self.labels):
+            raise InvalidInput(
+                f"top_k: {top_k} is more than the model's {len(self.labels)} classes"
+            )
 
     def scores(self, outputs: list[np.ndarray[Any, Any]]) -> list[Any]:
         """What labelled predictions need, for a whole batch at once (vectorised, on the

@@ -1,46 +1,51 @@
-"""``ptserve serve``: run the app under uvicorn, in one process or under uvicorn's supervisor."""
+"""``ptserve serve``: bind the port first, then run the server in this process, or supervise
+``--workers N`` worker processes.
 
-import os
-import signal
+The port is bound (not yet listening) before anything heavy happens, so a busy port fails in
+about a second with one line instead of after the model has loaded. Until the server runs, a
+stop signal ends start-up at once. This module imports neither torch nor the app: the
+``--workers`` parent never loads a model.
+"""
+
+import logging
+import logging.config
+import socket
 import sys
-import tempfile
-from typing import Any
 
-import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
-from ptserve.app import WORKER_SETTINGS_ENV, create_app
+from ptserve.drain import DrainingServer, exit_on_stop_signals
 from ptserve.observability.logs import log_config
-from ptserve.observability.metrics import MULTIPROC_ENV
 from ptserve.settings import Settings
+
+log = logging.getLogger("ptserve")
 
 
 def serve(settings: Settings) -> None:
-    """Run the server in the foreground until SIGTERM/SIGINT (which drain first); exit 0 after
-    a clean stop, 3 if the model cannot load."""
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "log_config": log_config(settings.log_level, settings.log_format),
-        "access_log": False,  # ptserve logs each request itself, with its id and timing
-    }
-    # uvicorn re-raises the stop signal once it has shut down; answered here, the process then
-    # exits 0 instead of dying by the signal.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
-        return
-    # Each worker is a fresh (spawned) process that rebuilds these settings, loads the model
-    # and writes its metrics to the shared multiprocess folder.
-    with tempfile.TemporaryDirectory(prefix="ptserve-metrics-") as folder:
-        os.environ[MULTIPROC_ENV] = folder
-        os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
-        config = uvicorn.Config(
-            "ptserve.app:app_from_environment", factory=True, workers=settings.workers, **common
-        )
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-        supervisor.run()
-    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+    """Run the server in the foreground until SIGTERM/SIGINT; exit 0 after a clean drain, 1 if
+    requests were cut off, 3 if the port or the model cannot be used."""
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    exit_on_stop_signals()
+    sock = bind(settings.host, settings.port)
+    if settings.workers > 1:
+        from ptserve.supervisor import Supervisor
+
+        sys.exit(Supervisor(settings, sock).run())
+    DrainingServer.for_settings(settings).run_to_exit(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (it listens once the server is ready); exits with one
+    line when the address cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = " (another server is using it? pick another with --port)" if port else ""
+        log.error("ptserve: cannot listen on %s:%d: %s%s", host, port, exc.strerror, hint)
         sys.exit(STARTUP_FAILURE)
+    sock.set_inheritable(True)
+    return sock

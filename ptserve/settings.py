@@ -20,8 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ptserve.dtypes import DType
 from ptserve.integrations.ray_settings import RaySettings
-from ptserve.signature import DType
 
 EXAMPLE_MODEL = Path(__file__).with_name("example") / "digits.pt"
 ModelFormat = Literal[
@@ -276,10 +276,40 @@ class Settings(BaseSettings):
         description="Origins allowed by CORS (none: CORS off).",
         group="security",
     )
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, how long to keep accepting and serving new requests normally "
+        "(readiness already 503) while load balancers stop routing here; 0 skips it, and so "
+        "does SIGINT.",
+        group="server",
+    )
     drain_timeout_s: float = Field(
         30.0,
         ge=0,
-        description="On SIGTERM, how long to let accepted work finish.",
+        description="Once the server stops accepting, how long accepted requests may take to "
+        "finish before they are cut off.",
+        group="server",
+    )
+    keep_alive_s: PositiveInt = Field(
+        5,
+        description="Idle kept-alive connections are closed after this many seconds; behind a "
+        "load balancer that reuses connections, make it longer than the balancer's idle "
+        "timeout.",
+        group="server",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening or of the request's first byte; else 408 and the connection closes.",
+        group="server",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's whole body must arrive within this many seconds of its "
+        "headers; else 408 and the connection closes.",
         group="server",
     )
     log_format: Literal["auto", "json", "text"] = Field(

@@ -3,17 +3,12 @@
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from ptserve.arrays import read_arrays
-
-DType = Literal[
-    "float32", "float64", "float16", "bfloat16",
-    "int64", "int32", "int16", "int8", "uint8", "bool",
-]  # fmt: skip
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -83,10 +83,33 @@ class FileGatedNet(nn.Module):
         return x * 1.0
 
 
-class SlowNet(nn.Module):
-    """Identity on 2 values that takes 20 ms a batch, in a sleep that releases the GIL as a
-    compute-heavy model's kernels would: a server with a known, small capacity."""
+class SleepyNet(nn.Module):
+    """Identity on 2 values that takes 20 ms a batch (sleeping, as a big model releases the
+    GIL), so that requests are queued and in the model when a test signals the server."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(0.02)
+        return x * 1.0
+
+
+class Wide(nn.Module):
+    """``layers`` Linear(1024, 1024): 4 MiB of weights a layer, for memory tests."""
+
+    def __init__(self, layers: int = 4, width: int = 1024) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(nn.Linear(width, width) for _ in range(layers)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class GatedFailingNet(nn.Module):
+    """GatedNet that also raises on a sample holding -999: a failing batch on cue."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == HOLD).any()):
+            ENTERED.set()
+            GATE.wait(10)
+        if bool((x == -999).any()):
+            raise RuntimeError("marker value seen")
         return x * 1.0

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from ptserve.errors import ModelLoadError
 from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
+from ptserve.loading.mapped import map_export_weights
 from ptserve.loading.safetensors_header import read_header
 from ptserve.loading.safety import resolve_allowed, script_pickle
 from ptserve.loading.torchscript import torchscript_problems
@@ -34,7 +35,9 @@ def load_pickle(path: Path, settings: Settings) -> Loaded:
     if settings.trust_pickle:
         unpickler = script_pickle(names, trusted, str(path))
         log.warning("loading %s with --trust-pickle: the file can run any code", path)
-        model = torch.load(path, weights_only=False, map_location="cpu", pickle_module=unpickler)
+        model = torch.load(
+            path, weights_only=False, map_location="cpu", mmap=True, pickle_module=unpickler
+        )
         return _module(path, model), None
     try:
         allowed = resolve_allowed(names, trusted, str(path))
@@ -140,7 +143,9 @@ def load_export(path: Path, settings: Settings) -> Loaded:
     elif problems := archive.unsafe or example_problems(archive):
         raise untrusted(path, problems)
     signature = archive.signature()
-    return torch.export.load(path).module(), signature
+    program = torch.export.load(path)
+    map_export_weights(program, path)  # shared by --workers instead of one copy each
+    return program.module(), signature
 
 
 def untrusted(path: Path, problems: list[str]) -> ModelLoadError:

@@ -212,7 +212,9 @@ class ModelMetrics:
             gauge.remove(*values)
 
 
-def mark_worker_dead() -> None:
-    """Drop this worker's live gauges from the multiprocess files when it stops."""
+def mark_worker_dead(pid: int | None = None) -> None:
+    """Drop a worker's live gauges (in flight, queue depth) from the multiprocess files: this
+    process's when it stops, or, in the supervisor, those of a worker that died (however it
+    died: a killed worker cannot clean up after itself)."""
     if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]

@@ -225,7 +225,8 @@ async def model_metadata(name: str, request: Request) -> dict[str, Any]:
 
 
 async def model_ready(name: str, request: Request) -> dict[str, Any]:
-    """The model is ready for inference; 503 while loading."""
+    """The model is ready for inference; 503 while loading or draining."""
+    request.app.state.runtime.check_ready()
     served = _served(request)
     return {"name": served.service.name, "ready": True}
 

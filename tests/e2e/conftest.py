@@ -1,7 +1,8 @@
 """End-to-end helpers: real ptserve processes on a free loopback port, always stopped.
 
-Every process is started in its own session so that stopping it (SIGTERM to the process
-group, then SIGKILL after a grace period) also stops anything it spawned. Readiness is
+Every process is started in its own session so that stopping it (SIGINT to the process
+group, then SIGKILL after a grace period) also stops anything it spawned. SIGINT, as Ctrl-C
+would: it drains without SIGTERM's delay for load balancers (tests of that send SIGTERM). Readiness is
 polled on ``GET /health/ready``; a process that exits while we wait fails the test at once.
 """
 
@@ -90,11 +91,11 @@ def settings_flags(settings: Mapping[str, Any]) -> list[str]:
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL it if it outlives the grace period."""
+    """SIGINT the process group, then SIGKILL it if it outlives the grace period."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:

@@ -38,6 +38,7 @@ from ptserve.settings import EXAMPLE_MODEL
 from tests import nets
 from tests.e2e.conftest import REPO_ROOT, Server, free_port, run_cli, running_ptserve
 from tests.e2e.test_operations import metric
+from tests.guards import SERVER_START_S, hang_guard
 from tests.images import COLOURS, encoded, save_colour_model
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -430,19 +431,26 @@ def test_sigterm_drains_grpc_calls_in_flight_and_serves_late_ones(tmp_path: Path
     assert all(np.array_equal(r.as_numpy("output"), [[nets.HOLD, 1.0]]) for r in results)
     np.testing.assert_array_equal(late.result().as_numpy("output"), [[1.0, 2.0]])
     assert exit_code == 0
-    assert "drained; shutting down" in server.http.log()
+    assert "drained: every accepted request was answered" in server.http.log()
+
+
+GRPC_STARTED = "gRPC (Open Inference Protocol, health) on"
 
 
 def test_two_workers_share_the_grpc_port(tmp_path: Path) -> None:
     pixels = digit_rows(1)
     with running_grpc(["--workers", "2"], tmp_path / "log") as server:
+        # the first worker up makes the server ready; wait for the second's gRPC server too
+        deadline = time.monotonic() + hang_guard(SERVER_START_S)
+        while server.http.log().count(GRPC_STARTED) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll interval
         for _ in range(20):  # a new channel each time: new connections spread over workers
             client = server.client()
             result = client.infer("digits", [tensor("input", pixels)])
             np.testing.assert_allclose(result.as_numpy("output"), reference(pixels), rtol=1e-6)
             client.close()
         text = server.metrics()
-    assert server.http.log().count("gRPC (Open Inference Protocol, health) on") == 2
+    assert server.http.log().count(GRPC_STARTED) == 2
     route = "/inference.GRPCInferenceService/ModelInfer"
     assert metric(text, "ptserve_requests_total", route=route, status="OK") == 20
 

@@ -30,7 +30,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def test_overload_gives_only_answers_or_503s_and_memory_comes_back(tmp_path: Path) -> None:
-    torch.save(nets.SlowNet(), tmp_path / "slow.pt")
+    torch.save(nets.SleepyNet(), tmp_path / "slow.pt")
     args = [
         str(tmp_path / "slow.pt"), "--trust-module", "tests.nets", "--input-shape", "2",
         "--max-batch-size", "2", "--max-queue", str(QUEUE), "--admission-wait-ms", "50",

@@ -112,6 +112,20 @@ async def test_top_k_without_labels_is_refused(artefacts: dict[str, Artefact]) -
     assert response.json()["error"] == "top_k: this model has no class labels"
 
 
+@pytest.mark.parametrize("top_k", [11, 10**30])
+async def test_top_k_beyond_the_labels_is_refused(top_k: int) -> None:
+    pixels = load_digits().data[:1].tolist()
+    async with serving(EXAMPLE_MODEL) as client:
+        response = await client.post("/predict", json={"instances": pixels, "top_k": top_k})
+        every = await client.post("/predict", json={"instances": pixels, "top_k": 10})
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": f"top_k: {top_k} is more than the model's 10 classes",
+        "code": "invalid_input",
+    }
+    assert len(every.json()["predictions"][0]["top_k"]) == 10
+
+
 async def test_model_failure_is_a_500_without_internals(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

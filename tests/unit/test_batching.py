@@ -375,6 +375,39 @@ async def test_a_waiting_client_that_leaves_gives_its_turn_to_the_next() -> None
         b.arrived()
 
 
+async def test_expiry_follows_the_injected_clock() -> None:
+    """Deadlines are read from the batcher's clock: a test moves a fake clock past one and asks
+    the batcher to expire what is due, with no real time passing."""
+    now = [100.0]
+    model = GatedModel()
+    executor = ThreadPoolExecutor(1)
+
+    def run_blocking(fn: Callable[[Arrays], Arrays], arrays: Arrays) -> "asyncio.Future[Arrays]":
+        return asyncio.get_running_loop().run_in_executor(executor, fn, arrays)
+
+    b = Batcher(model, run_blocking, BatchPolicy(8, 60.0), 100, clock=lambda: now[0])
+    b.start()
+    try:
+        running = asyncio.ensure_future(b.submit(sample(0), timeout=3600))
+        await model.running()
+        soon = asyncio.ensure_future(b.submit(sample(1), timeout=10))
+        later = asyncio.ensure_future(b.submit(sample(2), timeout=20))
+        await settle()
+        now[0] += 15  # past the first deadline, not the second
+        b.expire_due()
+        await settle()
+        with pytest.raises(DeadlineExceeded, match="waited 15000 ms"):
+            await soon
+        assert not later.done()
+        model.gate.set()
+        await asyncio.gather(running, later)
+    finally:
+        model.gate.set()
+        await b.stop()
+        executor.shutdown()
+    assert 1.0 not in [v for batch in model.batches for v in batch]
+
+
 async def test_a_stopped_batcher_is_freed_with_what_it_holds() -> None:
     """A swapped-out model version must release its memory: nothing may keep the stopped
     batcher (and so its model) alive."""

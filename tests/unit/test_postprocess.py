@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ptserve.errors import InvalidInput
+from ptserve.errors import InvalidInput, ModelLoadError
 from ptserve.postprocess import Postprocessor
 from ptserve.signature import Signature, TensorSpec
 
@@ -21,3 +21,16 @@ def test_non_finite_outputs_are_refused_rather_than_labelled() -> None:
     outputs = np.array([[0.0, 1.0, 2.0], [np.inf, 0.0, 1.0]], dtype=np.float32)
     with pytest.raises(InvalidInput, match=r"instances\[1\]: the model's output .* not finite"):
         post([outputs], top_k=None)
+
+
+@pytest.mark.parametrize("top_k", [4, 10**30])
+def test_top_k_beyond_the_classes_is_refused_before_the_model_runs(top_k: int) -> None:
+    post = Postprocessor(SIGNATURE, ["a", "b", "c"], top_k=None)
+    with pytest.raises(InvalidInput, match=rf"top_k: {top_k} is more than the model's 3 classes"):
+        post.check(top_k)
+    post.check(3)  # every class is fine
+
+
+def test_a_default_top_k_beyond_the_classes_stops_start_up() -> None:
+    with pytest.raises(ModelLoadError, match="top_k 5 is more than the model's 3 classes"):
+        Postprocessor(SIGNATURE, ["a", "b", "c"], top_k=5)
