@@ -1,4 +1,5 @@
-"""create_app(settings) -> the app. The lifespan loads the model once, warms it up, then serves.
+"""create_app(settings) -> the app. The lifespan loads the model(s) once, warms them up, then
+serves; with a repository, ``ptserve.lifecycle`` also loads and swaps versions while serving.
 
 The app is a FastAPI subclass whose outermost layer is ptserve's gateway (``ptserve.gateway``):
 every HTTP request passes it once; inference routes are served there, everything else goes on
@@ -34,16 +35,18 @@ from ptserve.errors import (
     ServeError,
 )
 from ptserve.gateway import ERROR_CODE, Gateway, RouteTable
+from ptserve.lifecycle import Lifecycle
 from ptserve.observability.access import AccessLog
 from ptserve.observability.logs import resolve_format, setup_logging
 from ptserve.observability.metrics import PUBLISH_S, mark_worker_dead
 from ptserve.observability.tracing import Tracing
-from ptserve.protocols import docs, health, oip_v2, page, simple
+from ptserve.protocols import docs, health, oip_v2, page, repository, simple
+from ptserve.repository import is_repository
 from ptserve.runtime import Runtime
 from ptserve.security import KeyStore, open_paths
-from ptserve.service import InferenceService
 from ptserve.settings import Settings
 from ptserve.threads import available_cores
+from ptserve.watch import Watcher
 
 log = logging.getLogger("ptserve")
 
@@ -88,15 +91,14 @@ def create_app(settings: Settings) -> PtserveApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level, settings.log_format)
         configure_threads(settings)
-        service = InferenceService.start(settings, runtime.metrics)
-        runtime.models.add(service)
-        runtime.loads += 1
-        # Everything alive now (torch, the model, the app) lives as long as the process: move it
-        # out of the collector's sight. Without this, full collections over those objects took
-        # ~100 ms each under load (measured: MLP p99 at c=64 116 ms -> 17 ms, +25% req/s).
+        lifecycle = runtime.lifecycle = Lifecycle(runtime, on_change=lambda: _stale_schema(app))
+        await lifecycle.start()
+        # Everything alive now (torch, the models, the app) lives as long as the process (or
+        # until a version is swapped out: memory.release_memory): move it out of the
+        # collector's sight. Without this, full collections over those objects took ~100 ms
+        # each under load (measured: MLP p99 at c=64 116 ms -> 17 ms, +25% req/s).
         gc.collect()
         gc.freeze()
-        service.start_batching()
         if settings.access_log:
             runtime.access_log = AccessLog(resolve_format(settings.log_format))
         publisher = asyncio.get_running_loop().create_task(_publish_metrics(runtime))
@@ -105,14 +107,18 @@ def create_app(settings: Settings) -> PtserveApp:
         if grpc_server is not None:
             await grpc_server.start()
         runtime.ready = True
+        watcher = Watcher(lifecycle) if settings.watch else None
+        if watcher is not None:
+            watcher.start()
         try:
             yield
         finally:
             runtime.ready = False
+            if watcher is not None:
+                await watcher.stop()
             if grpc_server is not None:  # calls in flight finish; the batchers still run
                 await grpc_server.stop(settings.drain_timeout_s)
-            for served in runtime.models.all():
-                await served.service.stop(settings.drain_timeout_s)
+            await lifecycle.stop()
             publisher.cancel()
             runtime.metrics.publish()  # the last counts, before this worker's files are closed
             if runtime.access_log is not None:
@@ -120,9 +126,12 @@ def create_app(settings: Settings) -> PtserveApp:
             mark_worker_dead()
             gc.unfreeze()  # an app in a longer-lived process (tests) leaves nothing pinned
 
+    served = settings.model_path
     app = PtserveApp(
         title="ptserve",
-        summary=f"Serving model {settings.model_name!r}",
+        summary=f"Serving the model repository {served.name!r}"
+        if is_repository(served)
+        else f"Serving model {settings.model_name!r}",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -138,6 +147,7 @@ def create_app(settings: Settings) -> PtserveApp:
     for route in [*simple.routes(runtime), *oip_v2.routes(runtime)]:
         routes.add(route)
     app.include_router(health.router)
+    app.include_router(repository.router)
     simple.install(app)
     oip_v2.install(app)
     docs.install(app, runtime, routes)
@@ -150,6 +160,11 @@ def create_app(settings: Settings) -> PtserveApp:
             allow_headers=["*"], expose_headers=["X-Request-ID", "Server-Timing"],
         )  # fmt: skip
     return app
+
+
+def _stale_schema(app: FastAPI) -> None:
+    """The served models changed: the cached OpenAPI schema describes the old ones."""
+    app.openapi_schema = None
 
 
 async def _publish_metrics(runtime: Runtime) -> None:

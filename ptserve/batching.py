@@ -25,6 +25,7 @@ from ptserve.observability import context
 from ptserve.observability.context import Timing
 
 log = logging.getLogger("ptserve")
+STOP_GRACE_S = 1.0  # how long a stopped batcher's loop gets to end at its next turn
 Arrays = list[np.ndarray[Any, Any]]
 Forward = Callable[[Arrays], Arrays]
 
@@ -129,6 +130,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def concurrency_to(self, batches: int) -> None:
         """Let ``batches`` batches be in the model at once (before ``start``)."""
@@ -163,13 +165,20 @@ class Batcher:
             self._drop(list(self.queue), NotReady("the server stopped before this request ran"))
         if self._timer is not None:
             self._timer.cancel()
+        # The loop ends by itself at its next turn. Cancelling it would leave a CancelledError
+        # whose traceback holds the loop's frame, and so this batcher and its model, where
+        # CPython 3.11's collector cannot see it: a stopped model version would never be freed.
+        self._closed = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=STOP_GRACE_S)
+            if not self._task.done():  # stuck behind a batch that does not end
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     def busy(self) -> bool:
-        """Whether any accepted work is arriving, queued or running."""
-        return bool(self.arriving or self.queue or self.running)
+        """Whether any accepted work is waiting for room, arriving, queued or running."""
+        return bool(self._waiting or self.arriving or self.queue or self.running)
 
     def full(self) -> bool:
         """Whether the queue has no room for another request (each admitted request still
@@ -246,7 +255,7 @@ class Batcher:
         if admitted:
             self.arriving -= 1
         error: ServeError | None = None
-        if self._task is not None and self._task.done():
+        if self._closed or (self._task is not None and self._task.done()):
             error = ModelFailure("the server's batch loop stopped")
         elif self.queued_samples + size > self.max_queue:
             error = Overloaded(
@@ -348,7 +357,7 @@ class Batcher:
             self.observer.observe_queue(self.queued_samples)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closed:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()

@@ -54,7 +54,9 @@ class InferenceError(Exception):
 
 class Client:
     """A blocking client for one model. ``model``: its name (default: the one model the server
-    serves, from ptserve's ``GET /models``). ``transport``: an httpx transport, e.g. for tests."""
+    serves, from ptserve's ``GET /models``); ``version``: one of its versions (default: the
+    server's choice, ptserve's highest served one). ``transport``: an httpx transport, e.g. for
+    tests."""
 
     def __init__(
         self,
@@ -64,8 +66,10 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        version: str | None = None,
     ) -> None:
         self.model = model
+        self.version = version
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
@@ -80,7 +84,9 @@ class Client:
 
     def ready(self) -> bool:
         """Whether the model (the server, when no model was named) is ready for inference."""
-        path = f"{_model_path(self.model)}/ready" if self.model else "/v2/health/ready"
+        path = (
+            f"{_model_path(self.model, self.version)}/ready" if self.model else "/v2/health/ready"
+        )
         try:
             return self._http.get(path).status_code == 200
         except httpx.TransportError:
@@ -92,7 +98,7 @@ class Client:
 
     def metadata(self) -> dict[str, Any]:
         """The model's name, versions, platform, inputs and outputs."""
-        return _json(self._http.get(_model_path(self._model())))
+        return _json(self._http.get(_model_path(self._model(), self.version)))
 
     def infer(self, inputs: Inputs, outputs: Sequence[str] | None = None) -> dict[str, Array]:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
@@ -101,7 +107,7 @@ class Client:
             self._inputs = _input_datatypes(self.metadata())
         body, length = _encode(inputs, outputs, self._inputs)
         response = self._http.post(
-            f"{_model_path(self._model())}/infer",
+            f"{_model_path(self._model(), self.version)}/infer",
             content=body,
             headers={HEADER_LENGTH: str(length)},
         )
@@ -140,8 +146,10 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        version: str | None = None,
     ) -> None:
         self.model = model
+        self.version = version
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
@@ -156,7 +164,9 @@ class AsyncClient:
 
     async def ready(self) -> bool:
         """Whether the model (the server, when no model was named) is ready for inference."""
-        path = f"{_model_path(self.model)}/ready" if self.model else "/v2/health/ready"
+        path = (
+            f"{_model_path(self.model, self.version)}/ready" if self.model else "/v2/health/ready"
+        )
         try:
             return (await self._http.get(path)).status_code == 200
         except httpx.TransportError:
@@ -168,7 +178,7 @@ class AsyncClient:
 
     async def metadata(self) -> dict[str, Any]:
         """The model's name, versions, platform, inputs and outputs."""
-        return _json(await self._http.get(_model_path(await self._model())))
+        return _json(await self._http.get(_model_path(await self._model(), self.version)))
 
     async def infer(self, inputs: Inputs, outputs: Sequence[str] | None = None) -> dict[str, Array]:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
@@ -177,7 +187,7 @@ class AsyncClient:
             self._inputs = _input_datatypes(await self.metadata())
         body, length = _encode(inputs, outputs, self._inputs)
         response = await self._http.post(
-            f"{_model_path(await self._model())}/infer",
+            f"{_model_path(await self._model(), self.version)}/infer",
             content=body,
             headers={HEADER_LENGTH: str(length)},
         )
@@ -213,8 +223,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _model_path(model: str | None) -> str:
-    return f"/v2/models/{model}"
+def _model_path(model: str | None, version: str | None) -> str:
+    return f"/v2/models/{model}" if version is None else f"/v2/models/{model}/versions/{version}"
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -235,7 +245,7 @@ def _check(response: httpx.Response) -> None:
 
 
 def _only_model(response: httpx.Response) -> str:
-    names = [str(model["name"]) for model in _json(response)["models"]]
+    names = list(dict.fromkeys(str(model["name"]) for model in _json(response)["models"]))
     if len(names) != 1:
         raise ValueError(f"the server serves {len(names)} models; name one with model=")
     return names[0]

@@ -205,3 +205,19 @@ def describe_value(value: Any) -> str:
         return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+class LoadFailed(ServeError):
+    """A model the repository API was asked to load failed to (what served before still
+    serves); the message says why."""
+
+    status_code = 400
+    code = "load_failed"
+
+
+class ControlUnavailable(ServeError):
+    """The repository API cannot change models here (with several workers it would reach
+    only one of them)."""
+
+    status_code = 409
+    code = "control_unavailable"

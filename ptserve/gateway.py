@@ -181,10 +181,11 @@ class Gateway:
                 metrics.publish()
             access = self.runtime.access_log
             if access is not None:
-                model = call.model if call is not None else None
+                model, version = (call.model, call.version) if call is not None else (None, None)
                 access.record(
-                    method, path, route_name, outcome.status, outcome.code, elapsed, model, rid
-                )
+                    method, path, route_name, outcome.status, outcome.code, elapsed, model, rid,
+                    version,
+                )  # fmt: skip
             if span is not None and tracing is not None:
                 tracing.finish(span, route_name, method, outcome.status, rid, timing)
             context.request_id.reset(rid_token)

@@ -89,7 +89,10 @@ class Runner:
         return Signature(signature.inputs, tuple(specs), signature.source, signature.example)
 
     def close(self) -> None:
+        """Stop the inference threads and let go of the model, so that its memory is freed as
+        soon as nothing else holds it (a stopped model version; this runner cannot run again)."""
         self._executor.shutdown(wait=True)
+        self.model = _released
 
     def _call(self, arrays: Sequence[np.ndarray[Any, Any]]) -> list[torch.Tensor]:
         # A read-only array (a view of gRPC's immutable bytes) is copied: torch tensors must be
@@ -111,6 +114,10 @@ class Runner:
         if isinstance(raw, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in raw):
             return list(raw)
         raise TypeError(f"the model returned {type(raw).__name__}; expected tensors")
+
+
+def _released(*inputs: Any) -> Any:
+    raise RuntimeError("this model version was stopped")
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray[Any, Any]:

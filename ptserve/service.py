@@ -110,10 +110,11 @@ class InferenceService:
             service.warm_up()
         service.warmup_seconds = time.monotonic() - warm_started
         service.load_seconds = time.monotonic() - started
-        metrics.load_seconds.labels(name).set(service.load_seconds)
-        metrics.warmup_seconds.labels(name).set(service.warmup_seconds)
-        metrics.info.labels(name, loaded.facts.format, loaded.facts.sha256, settings.device).set(1)
-        log.info("model %r ready in %.2fs", name, service.load_seconds)
+        service.metrics.loaded(
+            loaded.facts.format, loaded.facts.sha256, settings.device,
+            service.load_seconds, service.warmup_seconds,
+        )  # fmt: skip
+        log.info("model %r version %s ready in %.2fs", name, version, service.load_seconds)
         return service
 
     def warm_up(self) -> None:

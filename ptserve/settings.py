@@ -51,7 +51,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    model_path: Path = Field(EXAMPLE_MODEL, description="The model file to serve.", group="model")
+    model_path: Path = Field(
+        EXAMPLE_MODEL,
+        description="The model file to serve, or a model repository folder holding "
+        "NAME/VERSION/FILE (see README).",
+        group="model",
+    )
     config: Path | None = Field(None, description="A TOML or YAML file of settings.", group="model")
     name: str | None = Field(
         None,
@@ -347,6 +352,23 @@ class Settings(BaseSettings):
         description="Largest gRPC message received or sent (default 64 MiB: a batch of 100 "
         "224x224x3 float32 images is 60 MB); bigger ones get RESOURCE_EXHAUSTED.",
         group="server",
+    )
+
+    default_model: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The model POST /predict serves when the repository holds several "
+        "(default: the only model at start-up).",
+        group="model",
+    )
+    watch: bool = Field(
+        False,
+        description="Poll the model folder (or file) for new, changed and removed versions; "
+        "load each beside the serving one, then swap it in without a restart.",
+        group="model",
+    )
+    watch_interval_s: float = Field(
+        2.0, gt=0, description="How often --watch looks at the folder, in seconds.", group="model"
     )
 
     @field_validator("input_shape", mode="before")

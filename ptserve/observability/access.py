@@ -30,10 +30,10 @@ BATCH_S = 0.02  # how long the writer gathers lines before a write
 JSON_LINE = (
     '{"ts":"%s.%03d+00:00","level":"%s","logger":"ptserve.access","msg":%s,"request_id":%s,'
     '"event":"request","method":%s,"path":%s,"route":%s,"status":%d,"duration_ms":%.3f,'
-    '"model":%s%s}'
+    '"model":%s%s%s}'
 )
-# when, quiet, method, path, route, status, error code, seconds, model, request id
-Entry = tuple[float, bool, str, str, str, int, str | None, float, str | None, str]
+# when, quiet, method, path, route, status, error code, seconds, model, request id, version
+Entry = tuple[float, bool, str, str, str, int, str | None, float, str | None, str, str | None]
 
 
 class AccessLog:
@@ -66,12 +66,17 @@ class AccessLog:
         seconds: float,
         model: str | None,
         request_id: str,
+        version: str | None = None,
     ) -> None:
-        """Log one answered request (health and metrics requests only at debug level)."""
+        """Log one answered request (health and metrics requests only at debug level);
+        ``model`` and ``version``: the model version that answered, if one did."""
         quiet = path.startswith(QUIET_PREFIXES)
         if not (self.debug if quiet else self.info):
             return
-        entry = (time.time(), quiet, method, path, route, status, code, seconds, model, request_id)
+        entry = (
+            time.time(), quiet, method, path, route, status, code, seconds, model, request_id,
+            version,
+        )  # fmt: skip
         self._entries.append(entry)
         if not self._wake.is_set():
             self._wake.set()
@@ -83,13 +88,14 @@ class AccessLog:
         self._thread.join()
 
     def _format(self, entry: Entry) -> str:
-        when, quiet, method, path, route, status, code, seconds, model, request_id = entry
+        when, quiet, method, path, route, status, code, seconds, model, request_id, version = entry
         if not self.json:  # as ptserve.observability.logs.TextFormatter lays lines out
             level = "DEBUG:   " if quiet else "INFO:    "
-            why = f" code={code}" if code is not None else ""
+            extra = f" model_version={version}" if version is not None else ""
+            extra += f" code={code}" if code is not None else ""
             return (
                 f"{level} {method} {path} {status}  duration_ms={seconds * 1000:.3f} "
-                f"model={model}{why} request_id={request_id}"
+                f"model={model}{extra} request_id={request_id}"
             )
         second = int(when)
         if second != self._second:  # the date and time change once a second: format them once
@@ -100,6 +106,7 @@ class AccessLog:
             self._stamp, int((when - second) * 1000), "debug" if quiet else "info",
             text(f"{method} {path} {status}"), text(request_id), text(method), text(path),
             text(route), status, seconds * 1000, text(model),
+            "" if version is None else f',"model_version":{text(version)}',
             "" if code is None else f',"code":{text(code)}',
         )  # fmt: skip
 

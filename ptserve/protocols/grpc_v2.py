@@ -10,7 +10,6 @@ lists the models, so a client that does not know the name learns it from ModelMe
 """
 
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 from ptserve import __version__
 from ptserve.errors import ModelNotFound, NotReady
@@ -91,8 +90,6 @@ class InferenceServicer:
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
-        # per model version; a version the registry lets go takes its codec with it
-        self._codecs: WeakKeyDictionary[V2Codec, GrpcCodec] = WeakKeyDictionary()
 
     def rpcs(self) -> list[Rpc]:
         """The service's methods, for the transport."""
@@ -112,9 +109,10 @@ class InferenceServicer:
         ]
 
     def codec(self, served: "Served") -> GrpcCodec:
-        codec = self._codecs.get(served.v2)
+        """The version's gRPC codec, made on first use and kept with the version."""
+        codec: GrpcCodec | None = served.transports.get("grpc")
         if codec is None:
-            codec = self._codecs[served.v2] = GrpcCodec(served.v2)
+            codec = served.transports["grpc"] = GrpcCodec(served.v2)
         return codec
 
     async def server_live(self, request: ServerLiveRequest, call: GrpcCall) -> ServerLiveResponse:

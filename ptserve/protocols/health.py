@@ -1,10 +1,16 @@
-"""Health and model metadata: /health/live, /health/ready, /models, /models/{name}."""
+"""Health and model metadata: /health/live, /health/ready, /models, /models/{name}[/versions/{v}],
+/metrics."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
 
 from ptserve.protocols.schemas import error_responses
+from ptserve.repository_index import index_rows
+
+if TYPE_CHECKING:
+    from ptserve.registry import Served
+    from ptserve.runtime import Runtime
 
 router = APIRouter(tags=["service"])
 
@@ -27,11 +33,14 @@ async def ready(request: Request) -> dict[str, str]:
 
 @router.get("/models", responses=error_responses({503: "Not ready"}))
 async def models(request: Request) -> dict[str, Any]:
-    """Every model this server serves, with its metadata."""
+    """Every served model version (the default model first, highest versions first), with its
+    metadata; ``unavailable``: models in the repository that serve no version, and why."""
     runtime = request.app.state.runtime
-    runtime.serving()  # 503 until loaded
+    runtime.check_loaded()
+    served = runtime.models.names()
     return {
-        "models": [{**s.service.describe(), "loads": runtime.loads} for s in runtime.models.all()]
+        "models": [_entry(runtime, s) for s in runtime.models.all()],
+        "unavailable": [r for r in _unavailable(runtime) if r["name"] not in served],
     }
 
 
@@ -40,9 +49,40 @@ async def models(request: Request) -> dict[str, Any]:
     responses=error_responses({404: "Unknown model", 422: "Invalid name", 503: "Not ready"}),
 )
 async def model(name: str, request: Request) -> dict[str, Any]:
-    """One model's format, signature, labels, sha256, and how many times it was loaded."""
+    """One model's metadata (at its highest served version): format, signature, labels,
+    sha256, its served versions, how many times it was loaded, and its versions that are not
+    served with why."""
     runtime = request.app.state.runtime
-    return {**runtime.serving(name).service.describe(), "loads": runtime.loads}
+    return _entry(runtime, runtime.serving(name))
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    responses=error_responses({404: "Unknown model or version", 503: "Not ready"}),
+)
+async def model_version(name: str, version: str, request: Request) -> dict[str, Any]:
+    """One model version's metadata."""
+    runtime = request.app.state.runtime
+    return _entry(runtime, runtime.serving(name, version))
+
+
+def _entry(runtime: "Runtime", served: "Served") -> dict[str, Any]:
+    name = served.service.name
+    lifecycle = runtime.lifecycle
+    return {
+        **served.service.describe(),
+        "versions": runtime.models.versions(name),
+        "default": name == runtime.models.default,
+        "loads": lifecycle.loads.get(name, 0) if lifecycle is not None else runtime.loads,
+        "unavailable": [r for r in _unavailable(runtime) if r["name"] == name],
+    }
+
+
+def _unavailable(runtime: "Runtime") -> list[dict[str, str]]:
+    """The repository index's rows that are not ready."""
+    lifecycle = runtime.lifecycle
+    rows = index_rows(lifecycle) if lifecycle is not None else []
+    return [row for row in rows if row["state"] != "READY"]
 
 
 @router.get("/metrics", response_class=Response)

@@ -33,7 +33,7 @@ class Reply:
 class HttpCall:
     """The request of a hot route: its scope, path parameters and body, read once."""
 
-    __slots__ = ("limit", "model", "params", "receive", "scope")
+    __slots__ = ("limit", "model", "params", "receive", "scope", "version")
 
     def __init__(self, scope: Scope, receive: Receive, params: dict[str, str], limit: int) -> None:
         self.scope = scope
@@ -41,6 +41,7 @@ class HttpCall:
         self.params = params
         self.limit = limit
         self.model: str | None = None  # the model that answered, for the access log
+        self.version: str | None = None  # and its version
 
     def header(self, name: bytes) -> str | None:
         """One request header (``name`` in lower case), by a single scan of the raw headers."""

@@ -37,18 +37,18 @@ class InferResponse(BaseModel):
 
 
 def describe_infer(runtime: "Runtime", components: Components) -> dict[str, Operations]:
-    """``/v2/models/NAME/infer`` for every model."""
-    return _paths(runtime, components, "/v2/models/{name}/infer")
+    """``/v2/models/NAME/infer`` for every model (its highest version answers)."""
+    return _paths(runtime.models.latest(), components, "/v2/models/{name}/infer")
 
 
 def describe_versioned(runtime: "Runtime", components: Components) -> dict[str, Operations]:
     """``/v2/models/NAME/versions/V/infer`` for every model version."""
-    return _paths(runtime, components, "/v2/models/{name}/versions/{version}/infer")
+    return _paths(runtime.models.all(), components, "/v2/models/{name}/versions/{version}/infer")
 
 
-def _paths(runtime: "Runtime", components: Components, template: str) -> dict[str, Operations]:
+def _paths(models: list["Served"], components: Components, template: str) -> dict[str, Operations]:
     paths: dict[str, Operations] = {}
-    for served in runtime.models.all():
+    for served in models:
         service = served.service
         path = template.format(name=service.name, version=service.version)
         paths[path] = {"post": _operation(served, _request_model(served), components, path)}

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ptserve.service import InferenceService
 
 HEADER_LENGTH_KEY = HEADER_LENGTH.encode()
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 TAG = "Open Inference Protocol (V2)"
 PREDICTION = "prediction"  # the BYTES output of a postprocess hook's predictions
 INSTANCES = "instances"  # the BYTES input of a preprocess hook's instances
@@ -172,7 +172,7 @@ def routes(runtime: "Runtime") -> list[HotRoute]:
 
     async def infer(call: HttpCall) -> Reply:
         served = runtime.serving(call.params["name"], call.params.get("version"))
-        call.model = served.service.name
+        call.model, call.version = served.service.name, served.service.version
         return await served.v2.infer(call)
 
     return [
@@ -219,9 +219,9 @@ async def server_ready(request: Request) -> dict[str, bool]:
 
 
 async def model_metadata(name: str, request: Request) -> dict[str, Any]:
-    """The model's versions, platform, and its inputs and outputs as OIP tensors."""
+    """The model's served versions, platform, and its inputs and outputs as OIP tensors."""
     metadata: dict[str, Any] = _served(request).v2.metadata()
-    return metadata
+    return {**metadata, "versions": request.app.state.runtime.models.versions(name)}
 
 
 async def model_ready(name: str, request: Request) -> dict[str, Any]:

@@ -103,12 +103,12 @@ def routes(runtime: "Runtime") -> list[HotRoute]:
 
     async def predict(call: HttpCall) -> Reply:
         served = runtime.serving()
-        call.model = served.service.name
+        call.model, call.version = served.service.name, served.service.version
         return await served.simple.predict(call, "simple")
 
     async def v1_predict(call: HttpCall) -> Reply:
         served = runtime.serving(call.params["name"])
-        call.model = served.service.name
+        call.model, call.version = served.service.name, served.service.version
         return await served.simple.predict(call, "kserve-v1")
 
     return [

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from ptserve.errors import ModelNotFound
 from ptserve.protocols.openapi import Components, Operations
 from ptserve.protocols.schemas import LabelledPredictResponse, PredictResponse
 
@@ -24,18 +25,21 @@ UPLOAD = {
 
 
 def describe_predict(runtime: "Runtime", components: Components) -> dict[str, Operations]:
-    """``/predict``: the default model."""
-    served = runtime.models.get(None)
+    """``/predict``: the default model (without one, /predict answers 404: no operation)."""
+    try:
+        served = runtime.models.get(None)
+    except ModelNotFound:
+        return {}
     return {"/predict": {"post": _operation(served, components, "predict", None)}}
 
 
 def describe_v1(runtime: "Runtime", components: Components) -> dict[str, Operations]:
-    """``/v1/models/NAME:predict`` for every model."""
+    """``/v1/models/NAME:predict`` for every model (its highest version answers)."""
     return {
         f"/v1/models/{s.service.name}:predict": {
             "post": _operation(s, components, f"v1_predict_{s.service.name}", s.service.name)
         }
-        for s in runtime.models.all()
+        for s in runtime.models.latest()
     }
 
 

@@ -332,8 +332,10 @@ async def test_grpc_and_http_requests_share_one_batch(gated: Served) -> None:
     for i, response in enumerate(responses[5:]):
         assert response.json()["predictions"] == [[10 + i, -i]]
     metrics = (await gated.http.get("/metrics")).text
-    assert 'ptserve_batch_size_bucket{le="8.0",model="gated"} 1.0' in metrics  # the held one
-    assert 'ptserve_batch_size_bucket{le="16.0",model="gated"} 2.0' in metrics
+    assert (
+        'ptserve_batch_size_bucket{le="8.0",model="gated",version="1"} 1.0' in metrics
+    )  # the held one
+    assert 'ptserve_batch_size_bucket{le="16.0",model="gated",version="1"} 2.0' in metrics
 
 
 async def test_deadline_and_full_queue(gated: Served) -> None:

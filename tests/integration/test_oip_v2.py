@@ -353,7 +353,10 @@ async def test_async_client_in_process(tmp_path: Path) -> None:
         async with AsyncClient("http://ptserve", transport=transport) as client:
             assert await client.live()
             assert await client.ready()
-            assert (await client.server_metadata())["extensions"] == ["binary_tensor_data"]
+            assert (await client.server_metadata())["extensions"] == [
+                "binary_tensor_data",
+                "model_repository",
+            ]
             assert (await client.metadata())["name"] == "two"
             assert client.model == "two"
             everything = await client.infer(

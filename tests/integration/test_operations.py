@@ -50,11 +50,13 @@ async def test_metrics_parse_and_move_as_requests_are_served() -> None:
     assert (
         value(after, "ptserve_request_duration_seconds_count", route="/predict", method="POST") == 4
     )
-    assert value(after, "ptserve_batch_size_count", model="digits") == 3
-    assert value(after, "ptserve_queue_wait_seconds_count", model="digits") == 3
-    assert value(after, "ptserve_inference_duration_seconds_count", model="digits") == 3
-    assert value(after, "ptserve_queue_depth", model="digits") == 0
-    assert value(after, "ptserve_model_load_seconds", model="digits") > 0
+    assert value(after, "ptserve_batch_size_count", model="digits", version="1") == 3
+    assert value(after, "ptserve_queue_wait_seconds_count", model="digits", version="1") == 3
+    assert (
+        value(after, "ptserve_inference_duration_seconds_count", model="digits", version="1") == 3
+    )
+    assert value(after, "ptserve_queue_depth", model="digits", version="1") == 0
+    assert value(after, "ptserve_model_load_seconds", model="digits", version="1") > 0
     info = [k for k in after if k[0] == "ptserve_model_info"]
     assert len(info) == 1
     assert dict(info[0][1])["format"] == "pickle"

@@ -1,7 +1,9 @@
 """The batcher's behaviour, made deterministic with a gate on the model instead of timing."""
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -404,3 +406,22 @@ async def test_expiry_follows_the_injected_clock() -> None:
         await b.stop()
         executor.shutdown()
     assert 1.0 not in [v for batch in model.batches for v in batch]
+
+
+async def test_a_stopped_batcher_is_freed_with_what_it_holds() -> None:
+    """A swapped-out model version must release its memory: nothing may keep the stopped
+    batcher (and so its model) alive."""
+    executor = ThreadPoolExecutor(1)
+
+    def run_blocking(fn: Callable[[Arrays], Arrays], arrays: Arrays) -> "asyncio.Future[Arrays]":
+        return asyncio.get_running_loop().run_in_executor(executor, fn, arrays)
+
+    b = Batcher(lambda arrays: arrays, run_blocking, BatchPolicy(8, 60.0), 100)
+    b.start()
+    await b.submit(sample(1), timeout=30)
+    await b.stop()
+    executor.shutdown()
+    freed = weakref.ref(b)
+    del b
+    gc.collect()
+    assert freed() is None

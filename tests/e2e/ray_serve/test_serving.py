@@ -109,7 +109,7 @@ def test_metrics_through_the_proxy_are_one_replicas(
         http.post("/predict", json={"instances": tiny.inputs[:1].tolist()})
         text = http.get("/metrics").text
     assert 'ptserve_requests_total{method="POST",route="/predict",status="200"}' in text
-    assert f'ptserve_batch_size_count{{model="{NAME}"}}' in text
+    assert f'ptserve_batch_size_count{{model="{NAME}",version="1"}}' in text
     replicas = [line for line in text.splitlines() if line.startswith("ptserve_ray_replica{")]
     assert len(replicas) == 1, replicas
     assert 'application="ptserve",deployment="ptserve",replica="' in replicas[0]
