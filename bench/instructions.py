@@ -1,7 +1,7 @@
 """CPU instructions per request of each server, counted by valgrind: a figure a busy machine
 cannot blur.
 
-    python -m bench.instructions                      # about 10 minutes
+    python -m bench.instructions                      # about 3 minutes
     python -m bench.instructions --servers ptserve bare-fastapi --seconds 10
 
 Each server runs under ``valgrind --tool=callgrind`` with counting off; once it answers, wrk
