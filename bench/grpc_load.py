@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.loadgen import RESULT_MARKER, LoadError, LoadResult
+from bench.loadgen import RESULT_MARKER, LoadError, LoadResult, load_result
 
 if TYPE_CHECKING:  # the load generator's process imports neither torch nor the models
     from bench.models import ModelArtifact
@@ -76,23 +76,11 @@ def run_grpc_load(
             f"grpc_load exited {done.returncode}: {(done.stderr or done.stdout)[-500:]}"
         )
     raw = json.loads(line[len(RESULT_MARKER) :])
-    duration = raw["duration_s"]
     failures: dict[str, int] = raw["failures"]
-    answered = raw["requests"] > 0
-
-    def ms(key: str) -> float | None:
-        return round(raw[key] / 1e3, 3) if answered else None
-
-    return LoadResult(
-        concurrency=concurrency,
-        duration_s=round(duration, 3),
-        requests=raw["requests"],
-        req_per_s=round(raw["requests"] / duration, 1) if duration else 0.0,
-        p50_ms=ms("p50_us"),
-        p90_ms=ms("p90_us"),
-        p99_ms=ms("p99_us"),
-        mean_ms=ms("mean_us"),
-        max_ms=ms("max_us"),
+    return load_result(
+        raw,
+        concurrency,
+        raw["duration_s"],
         # as wrk reports them: refusals (any status but the two below), connection failures,
         # and calls past their deadline
         non_2xx=sum(
@@ -100,7 +88,7 @@ def run_grpc_load(
         ),
         socket_errors=failures.get("UNAVAILABLE", 0),
         timeouts=failures.get("DEADLINE_EXCEEDED", 0),
-        client_cpu_s=round(raw["cpu_s"], 2),  # during the load only, not the child's start
+        client_cpu_s=raw["cpu_s"],  # during the load only, not the child's start
     )
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RESULT_MARKER = "BENCH_JSON "
 
@@ -112,8 +113,30 @@ def run_wrk(
     if done.returncode != 0 or line is None:
         raise LoadError(f"wrk exited {done.returncode}: {(done.stderr or done.stdout)[-500:]}")
     raw = json.loads(line[len(RESULT_MARKER) :])
-    duration = raw["duration_us"] / 1e6
-    answered = raw["requests"] > 0  # wrk reports zeros when nothing completed
+    return load_result(
+        raw,
+        concurrency,
+        raw["duration_us"] / 1e6,
+        non_2xx=raw["status"],
+        socket_errors=raw["connect"] + raw["read"] + raw["write"],
+        timeouts=raw["timeout"],
+        client_cpu_s=client_cpu,
+    )
+
+
+def load_result(
+    raw: dict[str, Any],
+    concurrency: int,
+    duration: float,
+    *,
+    non_2xx: int,
+    socket_errors: int,
+    timeouts: int,
+    client_cpu_s: float,
+) -> LoadResult:
+    """A load generator's report (``requests`` and latencies in µs: ``p50_us`` ... ``max_us``,
+    zeros when nothing was answered) as a ``LoadResult``."""
+    answered = raw["requests"] > 0
 
     def ms(key: str) -> float | None:
         return round(raw[key] / 1e3, 3) if answered else None
@@ -128,8 +151,8 @@ def run_wrk(
         p99_ms=ms("p99_us"),
         mean_ms=ms("mean_us"),
         max_ms=ms("max_us"),
-        non_2xx=raw["status"],
-        socket_errors=raw["connect"] + raw["read"] + raw["write"],
-        timeouts=raw["timeout"],
-        client_cpu_s=round(client_cpu, 2),
+        non_2xx=non_2xx,
+        socket_errors=socket_errors,
+        timeouts=timeouts,
+        client_cpu_s=round(client_cpu_s, 2),
     )

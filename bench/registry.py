@@ -77,48 +77,38 @@ def _litserve(*extra: str) -> CommandBuilder:
 
 def _ptserve(config: PtserveConfig) -> CommandBuilder:
     def build(model: ModelArtifact, port: int) -> list[str]:
-        return _module(
-            "ptserve",
-            "serve",
-            str(model.path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--name",
-            "bench",
-            "--input-shape",
-            *(str(d) for d in model.input_shape),
-            "--input-dtype",
-            "float32",
-            *config.args,
-        )
+        return _ptserve_command("serve", model, port, *config.args)
 
     return build
 
 
 def _ray(replicas: int) -> CommandBuilder:
     def build(model: ModelArtifact, port: int) -> list[str]:
-        return _module(
-            "ptserve",
-            "ray",
-            str(model.path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--name",
-            "bench",
-            "--input-shape",
-            *(str(d) for d in model.input_shape),
-            "--input-dtype",
-            "float32",
-            "--no-access-log",
-            "--num-replicas",
-            str(replicas),
+        return _ptserve_command(
+            "ray", model, port, "--no-access-log", "--num-replicas", str(replicas)
         )
 
     return build
+
+
+def _ptserve_command(command: str, model: ModelArtifact, port: int, *extra: str) -> list[str]:
+    """``ptserve COMMAND`` serving ``model`` as "bench" on loopback ``port``."""
+    return _module(
+        "ptserve",
+        command,
+        str(model.path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--name",
+        "bench",
+        "--input-shape",
+        *(str(d) for d in model.input_shape),
+        "--input-dtype",
+        "float32",
+        *extra,
+    )
 
 
 def all_servers() -> tuple[ServerSpec, ...]:

@@ -83,14 +83,7 @@ class GrpcClient:
         self.timeout = timeout
         self._metadata = tuple((metadata or {}).items())
         self._channel = grpc.insecure_channel(target, options=_options(max_message_bytes))
-        self._calls = {
-            name: self._channel.unary_unary(
-                SERVICE + name,
-                request_serializer=request.SerializeToString,
-                response_deserializer=response.FromString,
-            )
-            for name, (request, response) in METHODS.items()
-        }
+        self._calls = _calls(self._channel)
         self._inputs: dict[str, str] | None = None
 
     def live(self) -> bool:
@@ -165,14 +158,7 @@ class AsyncGrpcClient:
         self.timeout = timeout
         self._metadata = tuple((metadata or {}).items())
         self._channel = aio.insecure_channel(target, options=_options(max_message_bytes))
-        self._calls = {
-            name: self._channel.unary_unary(
-                SERVICE + name,
-                request_serializer=request.SerializeToString,
-                response_deserializer=response.FromString,
-            )
-            for name, (request, response) in METHODS.items()
-        }
+        self._calls = _calls(self._channel)
         self._inputs: dict[str, str] | None = None
 
     async def live(self) -> bool:
@@ -233,6 +219,18 @@ class AsyncGrpcClient:
             return await self._calls[method](request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
+
+
+def _calls(channel: grpc.Channel | aio.Channel) -> dict[str, Any]:
+    """The channel's callable for each method in ``METHODS``, by name."""
+    return {
+        name: channel.unary_unary(
+            SERVICE + name,
+            request_serializer=request.SerializeToString,
+            response_deserializer=response.FromString,
+        )
+        for name, (request, response) in METHODS.items()
+    }
 
 
 def _options(max_message_bytes: int) -> list[tuple[str, int]]:
