@@ -1,6 +1,7 @@
 """Shared fixtures: models in every format, and an in-process app with its lifespan running."""
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from ptserve.app import create_app
+from ptserve.observability import context
 from ptserve.settings import Settings
 from tests.artefacts import Artefact, build_all
 from tests.fastai_learners import TabularExport, VisionExport, train_tabular, train_vision
@@ -89,3 +91,22 @@ def augmented(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
 @pytest.fixture(scope="session")
 def multi_label(tmp_path_factory: pytest.TempPathFactory) -> VisionExport:
     return vision_export(tmp_path_factory, "multi-label", multi_label=True)
+
+
+class RequestIds(logging.Handler):
+    """Records each ptserve log message with the request id in force when it was logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), context.request_id.get()))
+
+
+@pytest.fixture
+def request_ids() -> Iterator[RequestIds]:
+    handler = RequestIds()
+    logging.getLogger("ptserve").addHandler(handler)
+    yield handler
+    logging.getLogger("ptserve").removeHandler(handler)

@@ -6,8 +6,7 @@ and HTTP requests, drain and stop, API keys, request ids, metrics, images and ho
 
 import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,10 @@ from torch import nn
 from ptserve.app import create_app
 from ptserve.client import AsyncGrpcClient, GrpcInferenceError
 from ptserve.grpc import grpc_predict_v2_pb2 as pb
-from ptserve.observability import context
 from ptserve.protocols.oip_tensors import pack_bytes
 from ptserve.settings import EXAMPLE_MODEL, Settings
 from tests import nets
-from tests.conftest import serving_app
+from tests.conftest import RequestIds, serving_app
 from tests.e2e.conftest import free_port
 from tests.images import COLOURS, encoded, save_colour_model
 from tests.multi_io import SETTINGS, save_two_inputs, two_inputs_batch, two_inputs_expected
@@ -508,25 +506,6 @@ async def test_api_keys(key_file: Path, protect_health: bool) -> None:
     assert with_key == serving
     np.testing.assert_allclose(by_client["output"], reference(pixels), rtol=1e-6)
     assert (raised.value.grpc_status, raised.value.code) == ("UNAUTHENTICATED", "unauthorized")
-
-
-class RequestIds(logging.Handler):
-    """Each ptserve log message with the request id in force when it was logged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, str | None]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append((record.getMessage(), context.request_id.get()))
-
-
-@pytest.fixture
-def request_ids() -> Iterator[RequestIds]:
-    handler = RequestIds()
-    logging.getLogger("ptserve").addHandler(handler)
-    yield handler
-    logging.getLogger("ptserve").removeHandler(handler)
 
 
 async def test_request_ids_metrics_and_the_access_log(

@@ -1,37 +1,15 @@
 """User hooks over HTTP: custom instances in, custom predictions out, clear errors."""
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from ptserve.observability import context
 from ptserve.settings import EXAMPLE_MODEL
-from tests.conftest import serving
+from tests.conftest import RequestIds, serving
 
 pytestmark = pytest.mark.anyio
-
-
-class RequestIds(logging.Handler):
-    """Records each log message with the request id in force when it was logged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, str | None]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append((record.getMessage(), context.request_id.get()))
-
-
-@pytest.fixture
-def request_ids() -> Iterator[RequestIds]:
-    handler = RequestIds()
-    logging.getLogger("ptserve").addHandler(handler)
-    yield handler
-    logging.getLogger("ptserve").removeHandler(handler)
 
 
 def adder(folder: Path) -> Path:
