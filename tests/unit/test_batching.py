@@ -80,6 +80,13 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def busy(b: Batcher, model: GatedModel) -> "asyncio.Future[Arrays]":
+    """Sample 0 submitted and held in the model (until the gate opens): the future of its answer."""
+    running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
+    await model.running()
+    return running
+
+
 @pytest.mark.parametrize(
     ("now", "queued", "arriving", "expected"),
     [
@@ -166,8 +173,7 @@ async def test_flushes_when_the_delay_passes_even_while_requests_arrive() -> Non
 async def test_full_queue_answers_overloaded_with_retry_after() -> None:
     model = GatedModel()
     async with batcher(model, max_queue=2) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         queued = asyncio.ensure_future(b.submit(sample(1, n=2), timeout=30))
         await settle()
         with pytest.raises(Overloaded) as err:
@@ -181,8 +187,7 @@ async def test_full_queue_answers_overloaded_with_retry_after() -> None:
 async def test_expired_work_gets_504_and_is_never_computed() -> None:
     model = GatedModel()
     async with batcher(model) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         with pytest.raises(DeadlineExceeded) as err:
             await b.submit(sample(7), timeout=0.01)
         assert err.value.status_code == 504
@@ -198,8 +203,7 @@ async def test_expired_work_gets_504_and_is_never_computed() -> None:
 async def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
     model = GatedModel()
     async with batcher(model) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         gone = asyncio.ensure_future(b.submit(sample(5), timeout=30))
         await settle()
         gone.cancel()  # what a client disconnect does
@@ -213,8 +217,7 @@ async def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
 async def test_a_failing_sample_fails_alone() -> None:
     model = GatedModel()
     async with batcher(model) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         good1, bad, good2 = (
             asyncio.ensure_future(b.submit(sample(v), timeout=30)) for v in (1, -999, 3)
         )
@@ -245,8 +248,7 @@ async def test_a_request_larger_than_a_batch_is_split_and_reassembled() -> None:
 async def test_samples_of_different_shapes_are_not_stacked() -> None:
     model = GatedModel()
     async with batcher(model) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         wide = asyncio.ensure_future(b.submit(sample(1, width=3), timeout=30))
         narrow = asyncio.ensure_future(b.submit(sample(2), timeout=30))
         wide2 = asyncio.ensure_future(b.submit(sample(3, width=3), timeout=30))
@@ -259,8 +261,7 @@ async def test_samples_of_different_shapes_are_not_stacked() -> None:
 async def test_stop_finishes_queued_work() -> None:
     model = GatedModel()
     async with batcher(model) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         queued = asyncio.ensure_future(b.submit(sample(1), timeout=30))
         await settle()
         model.gate.set()
@@ -318,8 +319,7 @@ async def test_a_full_queue_makes_new_requests_wait_for_room_first_come_first_se
     queue never holds more than its limit; the longest-waiting request goes in first."""
     model = GatedModel()
     async with batcher(model, max_batch_size=1, max_queue=1) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         await b.admit(wait=30)  # the queue's one place: admitted, still arriving
         order: list[int] = []
 
@@ -344,8 +344,7 @@ async def test_a_full_queue_makes_new_requests_wait_for_room_first_come_first_se
 async def test_a_request_that_waits_too_long_for_room_gets_503_with_retry_after() -> None:
     model = GatedModel()
     async with batcher(model, max_batch_size=1, max_queue=1) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         queued = asyncio.ensure_future(b.submit(sample(1), timeout=30))
         await settle()
         with pytest.raises(Overloaded) as err:
@@ -360,8 +359,7 @@ async def test_a_request_that_waits_too_long_for_room_gets_503_with_retry_after(
 async def test_a_waiting_client_that_leaves_gives_its_turn_to_the_next() -> None:
     model = GatedModel()
     async with batcher(model, max_batch_size=1, max_queue=1) as b:
-        running = asyncio.ensure_future(b.submit(sample(0), timeout=30))
-        await model.running()
+        running = await busy(b, model)
         queued = asyncio.ensure_future(b.submit(sample(1), timeout=30))
         await settle()
         gone = asyncio.ensure_future(b.admit(wait=30))
