@@ -104,7 +104,7 @@ class Client:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
         model with one input) and return the ``outputs`` named (default: all) by name."""
         if self._inputs is None:
-            self._inputs = _input_datatypes(self.metadata())
+            self._inputs = input_datatypes(self.metadata())
         body, length = _encode(inputs, outputs, self._inputs)
         response = self._http.post(
             f"{_model_path(self._model(), self.version)}/infer",
@@ -184,7 +184,7 @@ class AsyncClient:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
         model with one input) and return the ``outputs`` named (default: all) by name."""
         if self._inputs is None:
-            self._inputs = _input_datatypes(await self.metadata())
+            self._inputs = input_datatypes(await self.metadata())
         body, length = _encode(inputs, outputs, self._inputs)
         response = await self._http.post(
             f"{_model_path(await self._model(), self.version)}/infer",
@@ -251,7 +251,8 @@ def _only_model(response: httpx.Response) -> str:
     return names[0]
 
 
-def _input_datatypes(metadata: Mapping[str, Any]) -> dict[str, str]:
+def input_datatypes(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Each input's V2 datatype by name, from the model's metadata."""
     return {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
 
 

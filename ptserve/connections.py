@@ -28,8 +28,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from ptserve.observability.context import sane_request_id
+
 log = logging.getLogger("ptserve")
-MAX_REQUEST_ID = 128
 HELD_POLL_S = 0.25  # while the server holds the reading, how often a deadline looks again
 
 
@@ -203,7 +204,6 @@ class DeadlineProtocol(HttpToolsProtocol):
     def _request_id(self) -> bytes:
         """The client's X-Request-ID when the headers carried a sane one, else a new one."""
         for name, value in self.headers or []:
-            sane = 0 < len(value) <= MAX_REQUEST_ID and value.decode("latin-1").isprintable()
-            if name == b"x-request-id" and sane:
+            if name == b"x-request-id" and sane_request_id(value.decode("latin-1")):
                 return value
         return os.urandom(16).hex().encode()

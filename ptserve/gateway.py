@@ -29,7 +29,7 @@ from ptserve.errors import (
     Unauthorized,
 )
 from ptserve.observability import context
-from ptserve.observability.context import Timing
+from ptserve.observability.context import Timing, sane_request_id
 from ptserve.protocols.http import HttpCall, Reply
 from ptserve.protocols.openapi import Components, Operations
 from ptserve.security import KeyStore
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from ptserve.runtime import Runtime
 
 log = logging.getLogger("ptserve")
-MAX_REQUEST_ID = 128
 ERROR_CODE = "ptserve.error_code"  # scope key: the code of an error rendered by FastAPI's handlers
 Handler = Callable[[HttpCall], Awaitable[Reply]]
 Describe = Callable[["Runtime", Components], dict[str, Operations]]
@@ -283,7 +282,7 @@ def _scan(headers: RawHeaders) -> tuple[str, bytes | None, str | None]:
             length = value
         elif name == b"x-request-id":
             given = value.decode("latin-1")
-            if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
+            if sane_request_id(given):
                 rid = given
         elif name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")

@@ -19,7 +19,15 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from ptserve.client import Array, InferenceError, Inputs, input_arrays, tensor_datatype
+from ptserve.client import (
+    DEFAULT_TIMEOUT_S,
+    Array,
+    InferenceError,
+    Inputs,
+    input_arrays,
+    input_datatypes,
+    tensor_datatype,
+)
 from ptserve.grpc.grpc_predict_v2_pb2 import (
     ModelInferRequest,
     ModelInferResponse,
@@ -37,7 +45,6 @@ from ptserve.grpc.grpc_predict_v2_pb2 import (
 from ptserve.protocols.oip_tensors import BYTES, LENGTH_PREFIX, NUMPY_DTYPES
 
 DEFAULT_TARGET = "127.0.0.1:8001"
-DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as ptserve's grpc_max_message_bytes
 SERVICE = "/inference.GRPCInferenceService/"
 # method -> (request, response): the calls the clients make
@@ -110,13 +117,13 @@ class GrpcClient:
         """The model's name, versions, platform, inputs and outputs."""
         response = self._call("ModelMetadata", ModelMetadataRequest(name=self.model or ""))
         metadata = _model_metadata(response)
-        self.model, self._inputs = response.name, _datatypes(metadata)
+        self.model, self._inputs = response.name, input_datatypes(metadata)
         return metadata
 
     def infer(self, inputs: Inputs, outputs: Sequence[str] | None = None) -> dict[str, Array]:
         """Run ``inputs`` (one batched tensor per model input by name, or just the tensor for a
         model with one input) and return the ``outputs`` named (default: all) by name."""
-        datatypes = self._inputs if self._inputs is not None else _datatypes(self.metadata())
+        datatypes = self._inputs if self._inputs is not None else input_datatypes(self.metadata())
         request = _infer_request(self.model or "", inputs, outputs, datatypes)
         return _outputs(self._call("ModelInfer", request))
 
@@ -187,7 +194,7 @@ class AsyncGrpcClient:
         request = ModelMetadataRequest(name=self.model or "")
         response: ModelMetadataResponse = await self._call("ModelMetadata", request)
         metadata = _model_metadata(response)
-        self.model, self._inputs = response.name, _datatypes(metadata)
+        self.model, self._inputs = response.name, input_datatypes(metadata)
         return metadata
 
     async def infer(self, inputs: Inputs, outputs: Sequence[str] | None = None) -> dict[str, Array]:
@@ -195,7 +202,7 @@ class AsyncGrpcClient:
         model with one input) and return the ``outputs`` named (default: all) by name."""
         datatypes = self._inputs
         if datatypes is None:
-            datatypes = _datatypes(await self.metadata())
+            datatypes = input_datatypes(await self.metadata())
         request = _infer_request(self.model or "", inputs, outputs, datatypes)
         return _outputs(await self._call("ModelInfer", request))
 
@@ -271,10 +278,6 @@ def _model_metadata(response: ModelMetadataResponse) -> dict[str, Any]:
         "inputs": tensors(response.inputs),
         "outputs": tensors(response.outputs),
     }
-
-
-def _datatypes(metadata: Mapping[str, Any]) -> dict[str, str]:
-    return {tensor["name"]: tensor["datatype"] for tensor in metadata["inputs"]}
 
 
 def _infer_request(

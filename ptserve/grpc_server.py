@@ -28,7 +28,7 @@ from grpc import aio
 
 from ptserve.errors import InternalError, Overloaded, ServeError, Unauthorized
 from ptserve.observability import context
-from ptserve.observability.context import Timing
+from ptserve.observability.context import Timing, sane_request_id
 from ptserve.protocols.grpc_call import GrpcCall, Rpc
 from ptserve.protocols.grpc_health import HEALTH_SERVICE, HealthServicer
 from ptserve.protocols.grpc_v2 import SERVICE, InferenceServicer
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ptserve")
 Context = aio.ServicerContext[Any, Any]
 Metadata = Collection[tuple[str, str | bytes]]
-MAX_REQUEST_ID = 128
 METHOD = "GRPC"  # the access log's and trace spans' method of a gRPC call
 # ServeError status -> gRPC status code; 503 is UNAVAILABLE except a full queue (Overloaded)
 STATUS_CODES = {
@@ -308,7 +307,7 @@ def _request_id(metadata: Metadata, request: Any) -> str:
     given: Any = next((v for k, v in metadata if k == "x-request-id"), None)
     if given is None:
         given = getattr(request, "id", None)
-    if isinstance(given, str) and 0 < len(given) <= MAX_REQUEST_ID and given.isprintable():
+    if isinstance(given, str) and sane_request_id(given):
         return given
     return os.urandom(16).hex()
 

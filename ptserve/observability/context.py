@@ -3,6 +3,13 @@
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+MAX_REQUEST_ID = 128  # longest request id taken from a client
+
+
+def sane_request_id(given: str) -> bool:
+    """Whether a client's request id may be used as is: short and printable."""
+    return 0 < len(given) <= MAX_REQUEST_ID and given.isprintable()
+
 
 @dataclass(slots=True)
 class Timing:

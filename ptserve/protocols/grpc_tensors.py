@@ -23,6 +23,7 @@ from ptserve.grpc.grpc_predict_v2_pb2 import (
 )
 from ptserve.protocols.oip_tensors import (
     BYTES,
+    UNSUPPORTED_PARAMETERS,
     Array,
     WireSpec,
     array_from_values,
@@ -49,7 +50,6 @@ CONTENTS_FIELDS = {
     BYTES: "bytes_contents",
 }  # fmt: skip
 ALL_FIELDS = sorted(set(CONTENTS_FIELDS.values()))
-UNSUPPORTED_PARAMETERS = ("classification", "shared_memory_region")
 InputTensor = ModelInferRequest.InferInputTensor
 
 

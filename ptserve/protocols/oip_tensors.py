@@ -45,6 +45,7 @@ Array = np.ndarray[Any, Any]
 MISSING_HEADER = "; binary tensors need the Inference-Header-Content-Length header"
 BYTES = "BYTES"
 LENGTH_PREFIX = 4  # a BYTES element in binary: a little-endian uint32 length, then the bytes
+UNSUPPORTED_PARAMETERS = ("classification", "shared_memory_region")  # of a requested output
 
 
 # By dtype object: numpy computes dtype.name in Python, a few microseconds a request
@@ -459,7 +460,7 @@ def _requested(requested: Any, names: Sequence[str], binary_default: bool) -> li
             raise InvalidTensor(f"output '{name}' is requested twice")
         where = f"output '{name}': parameters"
         parameters = _object(entry.get("parameters", {}), where)
-        for unsupported in ("classification", "shared_memory_region"):
+        for unsupported in UNSUPPORTED_PARAMETERS:
             if unsupported in parameters:
                 raise InvalidTensor(f"{where}: {unsupported} is not supported")
         binary = _flag(parameters, "binary_data", where, binary_default)
