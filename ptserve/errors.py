@@ -221,3 +221,8 @@ class ControlUnavailable(ServeError):
 
     status_code = 409
     code = "control_unavailable"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ptserve.errors import ImageTooLarge, InvalidImage, ModelLoadError, ServeError
+from ptserve.errors import ImageTooLarge, InvalidImage, ModelLoadError, ServeError, one_line
 from ptserve.image_budget import ImageBudget, default_pixels
 from ptserve.settings import Settings
 from ptserve.signature import Signature, numpy_dtype
@@ -147,7 +147,7 @@ def _opened(data: bytes, max_pixels: int, where: str) -> Image.Image:
     except UnidentifiedImageError:
         raise InvalidImage(f"{where}: not an image, or not one of {', '.join(FORMATS)}") from None
     except Exception as exc:  # Pillow's header parsers raise many kinds for corrupt data
-        raise InvalidImage(f"{where}: cannot decode the image ({_cause(exc)})") from None
+        raise InvalidImage(f"{where}: cannot decode the image ({one_line(exc)})") from None
     width, height = opened.size
     if width * height > max_pixels:
         raise _too_large(where, (width, height), max_pixels)
@@ -165,11 +165,7 @@ def _decoded(opened: Image.Image, mode: str, where: str, upright: bool) -> Image
     except ServeError:
         raise
     except Exception as exc:  # Pillow's decoders raise many kinds for corrupt data
-        raise InvalidImage(f"{where}: cannot decode the image ({_cause(exc)})") from None
-
-
-def _cause(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+        raise InvalidImage(f"{where}: cannot decode the image ({one_line(exc)})") from None
 
 
 def to_batch(images: Sequence[bytes], spec: ImageSpec, where: str) -> np.ndarray[Any, Any]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from anyio import to_thread
 
-from ptserve.errors import ModelLoadError, ModelNotFound
+from ptserve.errors import ModelLoadError, ModelNotFound, one_line
 from ptserve.memory import release_memory
 from ptserve.registry import Served
 from ptserve.repository import (
@@ -236,7 +236,7 @@ class Lifecycle:
         except Exception as exc:
             if not isinstance(exc, ModelLoadError):
                 log.exception("loading model %r version %d failed", found.name, version)
-            reason = " ".join(str(exc).split()) or type(exc).__name__
+            reason = one_line(exc)
             self.failed[key] = (found.identity(version), self._relative(reason))
             metrics = self.runtime.metrics
             metrics.loads.labels(*key, "failed").inc()

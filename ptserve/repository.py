@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptserve.errors import one_line
 from ptserve.model_config import ModelConfig, VersionPolicy, confine, read_model_config
 from ptserve.settings import Settings
 
@@ -39,7 +40,6 @@ Stamp = tuple[tuple[str, int, int], ...]
 class VersionSource:
     """One version as found: its model file, or why it cannot be served as it is."""
 
-    version: int
     path: Path | None
     stamp: Stamp
     problem: str | None = None
@@ -94,7 +94,7 @@ def scan(base: Settings) -> dict[str, Found]:
     source = ModelSource(
         base.model_name,
         ModelConfig(base, VersionPolicy()),
-        {1: VersionSource(1, path, _file_stamps(path.parent, _sidecars(path)))},
+        {1: VersionSource(path, _file_stamps(path.parent, _sidecars(path)))},
         (),
     )
     return {source.name: source}
@@ -110,7 +110,7 @@ def scan_repository(folder: Path, base: Settings) -> dict[str, Found]:
         try:
             found[entry.name] = scan_model(entry, root, base)
         except (OSError, ValueError) as exc:
-            found[entry.name] = ModelProblem(entry.name, _one_line(exc), ())
+            found[entry.name] = ModelProblem(entry.name, one_line(exc), ())
     return found
 
 
@@ -132,7 +132,7 @@ def scan_model(folder: Path, root: Path, base: Settings) -> Found:
         return ModelProblem(name, str(exc), stamp)
     numbered = [e for e in entries if VERSION.fullmatch(e.name) and e.is_dir()]
     if (folder / MANIFEST).exists():  # the folder is a converted model: unversioned
-        return ModelSource(name, config, {1: _version(1, folder, root, name)}, ())
+        return ModelSource(name, config, {1: _version(folder, root, name)}, ())
     loose = _candidates(entries)
     if numbered and loose:
         return ModelProblem(
@@ -142,34 +142,34 @@ def scan_model(folder: Path, root: Path, base: Settings) -> Found:
             stamp,
         )
     if loose:
-        return ModelSource(name, config, {1: _version(1, folder, root, name)}, ())
+        return ModelSource(name, config, {1: _version(folder, root, name)}, ())
     if not numbered:
         return ModelProblem(
             name, f"{name}/ holds no model file and no version folder (NAME/1/model.pt)", stamp
         )
-    versions = {int(e.name): _version(int(e.name), e, root, f"{name}/{e.name}") for e in numbered}
+    versions = {int(e.name): _version(e, root, f"{name}/{e.name}") for e in numbered}
     return ModelSource(name, config, versions, stamp)
 
 
-def _version(number: int, folder: Path, root: Path, where: str) -> VersionSource:
+def _version(folder: Path, root: Path, where: str) -> VersionSource:
     """The version in ``folder``: its model file, or why there is none to serve."""
     try:
         confine(folder, root, where)
         files = _walk(folder, root, where)
         stamp = _file_stamps(folder, files)
         if (folder / MANIFEST).exists():
-            return VersionSource(number, folder, stamp)
+            return VersionSource(folder, stamp)
         candidates = _candidates([folder / f.name for f in files if f.parent == folder])
         if len(candidates) != 1:
             found = ", ".join(c.name for c in candidates)
             return VersionSource(
-                number, None, stamp,
+                None, stamp,
                 f"{where}/ holds several model files ({found}); keep one per version folder"
                 if candidates else f"{where}/ holds no model file",
             )  # fmt: skip
-        return VersionSource(number, candidates[0], stamp)
+        return VersionSource(candidates[0], stamp)
     except (OSError, ValueError) as exc:
-        return VersionSource(number, None, (), _one_line(exc))
+        return VersionSource(None, (), one_line(exc))
 
 
 def _walk(folder: Path, root: Path, where: str) -> list[Path]:
@@ -214,10 +214,6 @@ def _file_stamps(folder: Path, files: list[Path]) -> Stamp:
             name = path.name if path.parent == folder else str(path.relative_to(folder))
             stamps.append((name, stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(stamps))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def fingerprint(found: Found | None) -> object:

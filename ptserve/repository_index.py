@@ -17,10 +17,11 @@ def index_rows(lifecycle: "Lifecycle") -> list[dict[str, str]]:
         if isinstance(found, ModelProblem):
             continue  # its failure says why
         selected = found.policy.select(found.versions)
+        unloaded = name in lifecycle.unloaded
+        outside = "unloaded" if unloaded else outside_policy(found)
         for v in found.versions:
-            why = "not loaded" if v in selected else outside_policy(found)
-            unloaded = name in lifecycle.unloaded
-            rows[(name, str(v))] = ("UNAVAILABLE", "unloaded" if unloaded else why)
+            why = "not loaded" if v in selected and not unloaded else outside
+            rows[(name, str(v))] = ("UNAVAILABLE", why)
     rows.update({key: ("UNAVAILABLE", reason) for key, (_, reason) in lifecycle.failed.items()})
     rows.update({key: ("UNLOADING", "finishing its requests") for key in lifecycle.retiring})
     rows.update({key: ("LOADING", "") for key in lifecycle.loading})

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ptserve.convert.manifest import is_converted_folder
-from ptserve.errors import ModelLoadError
+from ptserve.errors import ModelLoadError, one_line
 from ptserve.loading.detect import detect_format
 from ptserve.loading.formats import LOADERS
 from ptserve.settings import ModelFormat, Settings
@@ -92,7 +92,7 @@ def load_model(settings: Settings) -> LoadedModel:
     except ModelLoadError:
         raise
     except Exception as exc:
-        cause = " ".join(str(exc).split()) or type(exc).__name__
+        cause = one_line(exc)
         raise ModelLoadError(f"{facts.path}: cannot load as {facts.format}: {cause}") from None
     if isinstance(model, torch.nn.Module):
         model = model.to(device)
