@@ -25,7 +25,7 @@ from ptserve.loading import (
 )
 from ptserve.loading.archive import open_zip
 from ptserve.loading.detect import pickle_globals
-from ptserve.loading.formats import untrusted
+from ptserve.loading.formats import trusted_modules, untrusted
 from ptserve.loading.safetensors_header import read_header
 from ptserve.loading.safety import is_allowed, resolve_allowed
 from ptserve.loading.torchscript import torchscript_globals, torchscript_problems
@@ -110,7 +110,7 @@ def _read(facts: FileFacts, settings: Settings, described: Description) -> Signa
     if facts.format == "converted":
         return _converted(path, settings, out)
     if facts.format in ("pickle", "state_dict"):
-        trusted = [*settings.trust_modules, *_class_module(settings)]
+        trusted = trusted_modules(settings)
         names = pickle_globals(path)
         out["imports"] = [
             f"{name} ({'allowed' if is_allowed(name, trusted) else 'refused'})" for name in names
@@ -241,7 +241,3 @@ def _not_loaded(*args: Any) -> Any:
 def _specs(signature: Signature, outputs: bool = False) -> list[str]:
     specs = signature.outputs if outputs else signature.inputs
     return [f"{s.name}: {s.dtype} {list(s.shape)} per sample" for s in specs]
-
-
-def _class_module(settings: Settings) -> list[str]:
-    return [settings.model_class.partition(":")[0]] if settings.model_class else []

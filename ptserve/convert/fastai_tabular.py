@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ptserve.convert import ConversionError
-from ptserve.convert.manifest import Category, Normalize, TabularPreprocessing
+from ptserve.convert.manifest import Category, Normalize, TabularPreprocessing, type_name
 
 NA_CATEGORY = "#na#"
 # Procs that touch only the target column(s): nothing a request sends.
@@ -32,7 +32,7 @@ def is_tabular(learn: Any) -> bool:
 def tabular_preprocessing(learn: Any) -> TabularPreprocessing:
     """The procs of ``learn`` as data; ConversionError naming a proc it cannot represent."""
     dls = learn.dls
-    procs = {_name(p): p for p in dls.procs.fs}
+    procs = {type_name(p): p for p in dls.procs.fs}
     for name in procs:
         if name not in INPUT_PROCS | TARGET_PROCS:
             raise ConversionError(
@@ -119,7 +119,3 @@ def _category(known: list[Category], rng: np.random.Generator) -> Category:
         numbers = [c for c in known if isinstance(c, int | float)]
         return max(numbers) + 1 if numbers else "ptserve-unseen-category"
     return known[int(rng.integers(len(known)))]
-
-
-def _name(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ptserve.convert import ConversionError
-from ptserve.convert.manifest import Normalize, Resize, VisionPreprocessing
+from ptserve.convert.manifest import Normalize, Resize, VisionPreprocessing, type_name
 
 VALIDATION = 1
 # Image sizes and modes to check a conversion on: square, wide, tall, tiny, odd; every mode a
@@ -39,7 +39,7 @@ def vision_preprocessing(learn: Any) -> VisionPreprocessing:
     loader = learn.dls.valid
     resize = _item_resize(loader)
     for transform in _in_validation(loader.before_batch.fs):
-        raise ConversionError(f"the batch transform {_name(transform)} is not supported")
+        raise ConversionError(f"the batch transform {type_name(transform)} is not supported")
     divide, normalize = _batch_steps(loader, resize, 3 if mode == "RGB" else 1)
     return VisionPreprocessing.model_validate(
         {"kind": "vision", "mode": mode, "resize": resize, "divide": divide, "normalize": normalize}
@@ -49,7 +49,7 @@ def vision_preprocessing(learn: Any) -> VisionPreprocessing:
 def _item_resize(loader: Any) -> Resize:
     resize = None
     for transform in _in_validation(loader.after_item.fs):
-        name = _name(transform)
+        name = type_name(transform)
         if name == "fastai.vision.augment.Resize" and resize is None:
             width, height = transform.size
             resize = Resize.model_validate(
@@ -78,7 +78,7 @@ def _batch_steps(loader: Any, resize: Resize, channels: int) -> tuple[float, Nor
     size = (resize.height, resize.width)
     divide, normalize = None, None
     for transform in loader.after_batch.fs:
-        name = _name(transform)
+        name = type_name(transform)
         if isinstance(transform, AffineCoordTfm):  # in validation: the identity matrix
             if _size(transform.size, size) != size:
                 raise ConversionError(f"the batch transform {name} resizes to {transform.size}")
@@ -159,7 +159,3 @@ def sample_images(folder: Path) -> list[str]:
         names.append(f"{i}.png")
         (folder / names[-1]).write_bytes(buffer.getvalue())
     return names
-
-
-def _name(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"

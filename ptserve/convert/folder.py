@@ -19,6 +19,7 @@ from ptserve.convert.manifest import (
     open_regular_file,
     read_manifest,
     read_regular_file,
+    sha256_of,
 )
 from ptserve.convert.tabular import TabularRows
 from ptserve.convert.vision import VisionImages
@@ -77,11 +78,9 @@ def learner_inputs(manifest: Manifest, max_pixels: int) -> TabularRows | VisionI
 
 def _check_model_file(folder: Path, manifest: Manifest) -> None:
     """The model file must be a regular file with the sha256 the manifest names."""
-    digest = hashlib.sha256()
     with open_regular_file(folder, manifest.model.file) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != manifest.model.sha256:
+        sha256 = sha256_of(f)
+    if sha256 != manifest.model.sha256:
         raise ValueError(f"{manifest.model.file} does not have the sha256 {MANIFEST} names")
 
 

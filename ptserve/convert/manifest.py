@@ -4,6 +4,7 @@ Written by the conversion's child process, verified by its parent, read by ``pts
 Everything here is data (JSON validated against these models); nothing in a folder is code.
 """
 
+import hashlib
 import json
 import os
 import stat
@@ -223,3 +224,16 @@ def open_regular_file(folder: Path, name: str) -> BinaryIO:
         f.close()
         raise ValueError(f"{name} is not a regular file")
     return f
+
+
+def sha256_of(f: BinaryIO) -> str:
+    """The sha256 of what is left to read in ``f``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def type_name(obj: Any) -> str:
+    """``obj``'s class as ``module.QualifiedName``."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"

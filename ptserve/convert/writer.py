@@ -2,7 +2,6 @@
 loads the export with fastai's own ``load_learner``: the operator trusts it for this)."""
 
 import contextlib
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from ptserve.convert.manifest import (
     Source,
     TabularPreprocessing,
     VisionPreprocessing,
+    sha256_of,
+    type_name,
     write_manifest,
 )
 
@@ -98,7 +99,7 @@ def _load(export: Path) -> Any:
 def learner_decoding(learn: Any) -> Decoding:
     """What ``learn.predict`` does with the model's outputs, from the loss function."""
     loss = learn.loss_func
-    name = _name(loss.func) if type(loss).__name__ == "BaseLoss" else _name(loss)
+    name = type_name(loss.func) if type(loss).__name__ == "BaseLoss" else type_name(loss)
     if name not in LOSSES:
         raise ConversionError(
             f"the loss function {name} is not one ptserve convert can decode (supported: "
@@ -176,12 +177,5 @@ def _predictions(learn: Any, items: list[Any]) -> list[list[float]]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _name(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+        return sha256_of(f)

@@ -1,6 +1,5 @@
 """Load a model file once: detect its format, check it is safe, resolve its input signature."""
 
-import hashlib
 import importlib.util
 import logging
 import warnings
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ptserve.convert.manifest import is_converted_folder
+from ptserve.convert.manifest import is_converted_folder, sha256_of
 from ptserve.errors import ModelLoadError, one_line
 from ptserve.loading.detect import detect_format
 from ptserve.loading.formats import LOADERS
@@ -65,12 +64,10 @@ def inspect_file(path: Path, forced: ModelFormat | None = None) -> FileFacts:
         )
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+        sha256 = sha256_of(f)
     fmt = forced or detect_format(path)
-    return FileFacts(path, fmt, path.stat().st_size, digest.hexdigest())
+    return FileFacts(path, fmt, path.stat().st_size, sha256)
 
 
 def load_model(settings: Settings) -> LoadedModel:

@@ -29,7 +29,7 @@ Loaded = tuple[Callable[..., Any], Signature | None]
 
 def load_pickle(path: Path, settings: Settings) -> Loaded:
     """A whole pickled nn.Module, unpickled with torch's weights-only loader and our allowlist."""
-    trusted = [*settings.trust_modules, *_class_module(settings)]
+    trusted = trusted_modules(settings)
     names = pickle_globals(path)
     add_import_paths(path)
     if settings.trust_pickle:
@@ -191,8 +191,10 @@ def import_object(target: str) -> Any:
     return obj
 
 
-def _class_module(settings: Settings) -> list[str]:
-    return [settings.model_class.partition(":")[0]] if settings.model_class else []
+def trusted_modules(settings: Settings) -> list[str]:
+    """The modules a pickle's classes may come from: --trust-module's and --model-class's."""
+    model_class = [settings.model_class.partition(":")[0]] if settings.model_class else []
+    return [*settings.trust_modules, *model_class]
 
 
 def _module(path: Path, obj: object) -> torch.nn.Module:
