@@ -89,7 +89,7 @@ def describe_file(settings: Settings, load: bool = False) -> Description:
     if described.refusal is None:
         _signature(facts, settings, carried, described)
     if described.refusal is None and load:
-        _load(settings, described)
+        _load(settings, facts, described)
     if described.warnings:
         described.facts["warnings"] = described.warnings
     described.facts["serve"] = (
@@ -180,10 +180,10 @@ def _signature(
     described.facts["signature source"] = signature.source
 
 
-def _load(settings: Settings, described: Description) -> None:
+def _load(settings: Settings, facts: FileFacts, described: Description) -> None:
     """Load the model as serve does, and probe it: parameters, outputs, forward's arity."""
     try:
-        loaded = load_model(settings)
+        loaded = load_model(settings, facts)
     except ModelLoadError as exc:
         described.refusal = str(exc)
         return

@@ -70,9 +70,11 @@ def inspect_file(path: Path, forced: ModelFormat | None = None) -> FileFacts:
     return FileFacts(path, fmt, path.stat().st_size, sha256)
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """Load ``settings.model_path`` onto ``settings.device``, in eval mode."""
-    facts = inspect_file(settings.model_path, settings.format)
+def load_model(settings: Settings, facts: FileFacts | None = None) -> LoadedModel:
+    """Load ``settings.model_path`` onto ``settings.device``, in eval mode (``facts``: the
+    file's, when the caller has read them already)."""
+    if facts is None:
+        facts = inspect_file(settings.model_path, settings.format)
     device = _device(settings.device)
     hooks = None
     model: Callable[..., Any]
