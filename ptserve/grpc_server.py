@@ -12,6 +12,7 @@ carries ``x-request-id`` and ``server-timing`` trailing metadata; an error also 
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -186,22 +187,11 @@ class GrpcServer:
             rid_token = context.request_id.set(exchange.request_id)
             timing_token = context.timing.set(exchange.timing)
             try:
-                if protected:
-                    self._authorize(exchange)
-                response = await handler(request, exchange.call)
-            except ServeError as error:
-                await self._abort(exchange, grpc_context, error)
-            except asyncio.CancelledError:
-                self._cancelled(exchange, grpc_context)
-                raise
-            except Exception:
-                log.exception("unhandled error on gRPC %s", route)
-                await self._abort(exchange, grpc_context, InternalError())
+                async with self._answering(route, exchange, grpc_context, protected):
+                    response = await handler(request, exchange.call)
             finally:
-                self._close(exchange)
                 context.request_id.reset(rid_token)
                 context.timing.reset(timing_token)
-            grpc_context.set_trailing_metadata(exchange.trailers())
             return response
 
         return serve
@@ -214,24 +204,33 @@ class GrpcServer:
     ) -> Callable[[Any, Context], AsyncIterator[Message]]:
         async def serve(request: Any, grpc_context: Context) -> AsyncIterator[Message]:
             exchange = self._open(route, request, grpc_context, counted=False)
-            try:
-                if protected:
-                    self._authorize(exchange)
+            async with self._answering(route, exchange, grpc_context, protected):
                 async for response in handler(request, exchange.call):
                     yield response
-            except ServeError as error:
-                await self._abort(exchange, grpc_context, error)
-            except asyncio.CancelledError:
-                self._cancelled(exchange, grpc_context)
-                raise
-            except Exception:
-                log.exception("unhandled error on gRPC %s", route)
-                await self._abort(exchange, grpc_context, InternalError())
-            finally:
-                self._close(exchange)
-            grpc_context.set_trailing_metadata(exchange.trailers())
 
         return serve
+
+    @contextlib.asynccontextmanager
+    async def _answering(
+        self, route: str, exchange: Exchange, grpc_context: Context, protected: bool
+    ) -> AsyncIterator[None]:
+        """One call's answer: the API key checked first; ptserve's errors (and any other, as
+        INTERNAL) turned into its status; the exchange closed; trailing metadata on success."""
+        try:
+            if protected:
+                self._authorize(exchange)
+            yield
+        except ServeError as error:
+            await self._abort(exchange, grpc_context, error)
+        except asyncio.CancelledError:
+            self._cancelled(exchange, grpc_context)
+            raise
+        except Exception:
+            log.exception("unhandled error on gRPC %s", route)
+            await self._abort(exchange, grpc_context, InternalError())
+        finally:
+            self._close(exchange)
+        grpc_context.set_trailing_metadata(exchange.trailers())
 
     def _open(
         self, route: str, request: Any, grpc_context: Context, counted: bool = True
